@@ -1,0 +1,272 @@
+"""Loading a frozen open_clip backbone: hub tag, local checkpoint file, or `local-dir:` folder.
+
+Fabs are air-gapped, so every path that does not need a network is a production path: a
+checkpoint file (`pretrained=PATH`) or an open_clip folder (`local-dir:PATH`, config + weights).
+A random-weight backbone is allowed for tests and offline demos, and is said loudly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+from open_clip.transformer import VisionTransformer
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "ViT-B-16-plus-240"
+DEFAULT_PRETRAINED = "laion400m_e32"
+TINY_MODEL = "semclip-tiny"
+LOCAL_DIR_PREFIX = "local-dir:"
+CONFIG_FILE = "open_clip_config.json"
+WEIGHTS_FILE = "open_clip_model.safetensors"
+_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+RANDOM_WEIGHTS_WARNING = (
+    "RANDOM WEIGHTS: backbone '{name}' has no pretrained weights; every score it gives is a "
+    "plumbing check, not a quality figure"
+)
+
+
+class BackboneError(RuntimeError):
+    """A backbone could not be loaded; the message says what to do instead."""
+
+
+@dataclass
+class Backbone:
+    """A loaded open_clip model plus what is needed to use and to re-create it."""
+
+    model: open_clip.CLIP  # frozen, eval mode
+    tokenizer: Any  # open_clip tokenizer: list[str] -> LongTensor (N, context)
+    name: str  # as requested: open_clip model name or `local-dir:PATH`
+    pretrained: str | None  # tag, checkpoint path, or None (random init / local-dir)
+    model_cfg: dict[str, Any]  # open_clip architecture config (written to local-dir folders)
+    preprocess_cfg: dict[str, Any] = field(default_factory=dict)  # size, mean, std
+    random_weights: bool = False  # True when no weights were loaded at all
+
+    @property
+    def image_size(self) -> int:
+        """Square input resolution of the vision tower."""
+        size = self.model.visual.image_size
+        return int(size[0] if isinstance(size, tuple | list) else size)
+
+    @property
+    def mean(self) -> tuple[float, float, float]:
+        return tuple(self.preprocess_cfg.get("mean", open_clip.OPENAI_DATASET_MEAN))
+
+    @property
+    def std(self) -> tuple[float, float, float]:
+        return tuple(self.preprocess_cfg.get("std", open_clip.OPENAI_DATASET_STD))
+
+    def describe(self) -> str:
+        """One line for logs and reports: name, weights, and a loud flag for random weights."""
+        weights = (
+            "RANDOM WEIGHTS (not pretrained)"
+            if self.random_weights
+            else (self.pretrained or "weights from folder")
+        )
+        return f"{self.name} [{weights}]"
+
+
+def register_model_configs() -> None:
+    """Register semclip's own architectures (e.g. `semclip-tiny`) with open_clip; idempotent."""
+    if TINY_MODEL in open_clip.list_models():
+        return
+    folder = resources.files("semclip") / "model_configs"
+    with resources.as_file(folder) as path:
+        open_clip.add_model_config(path)
+
+
+def load_backbone(
+    name: str = DEFAULT_MODEL,
+    pretrained: str | os.PathLike | None = DEFAULT_PRETRAINED,
+    device: str | torch.device | None = None,
+) -> Backbone:
+    """Load a frozen open_clip model by name, with a hub tag, a checkpoint file, or none.
+
+    `name` is an open_clip model name or `local-dir:PATH` (then `pretrained` must be None).
+    `pretrained=None` means random initialisation (seeded, so it is reproducible), logged as a
+    warning: scores from it say nothing about quality.
+    """
+    register_model_configs()
+    device = torch.device(device) if device is not None else default_device()
+    pretrained = os.fspath(pretrained) if pretrained is not None else None
+    if name.startswith(LOCAL_DIR_PREFIX):
+        backbone = _load_local_dir(name, pretrained)
+    else:
+        backbone = _load_named(name, pretrained)
+    _check_supported(backbone.model, backbone.name)
+    backbone.model.to(device).eval().requires_grad_(False)
+    if backbone.random_weights:
+        log.warning(RANDOM_WEIGHTS_WARNING.format(name=name))
+    log.info("backbone %s on %s", backbone.describe(), device)
+    return backbone
+
+
+def default_device() -> torch.device:
+    """CUDA when present, CPU otherwise."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _load_named(name: str, pretrained: str | None) -> Backbone:
+    """A built-in/registered architecture with a tag, a file, or random weights."""
+    model_cfg = open_clip.get_model_config(name)
+    if model_cfg is None:
+        raise BackboneError(
+            f"unknown open_clip model '{name}'; use one of open_clip.list_models() "
+            f"(e.g. {DEFAULT_MODEL}), '{TINY_MODEL}', or '{LOCAL_DIR_PREFIX}PATH'"
+        )
+    if pretrained is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # the same random backbone every time
+            model = _create(name, None)
+        return Backbone(
+            model,
+            open_clip.get_tokenizer(name),
+            name,
+            None,
+            model_cfg,
+            _preprocess_cfg(model),
+            random_weights=True,
+        )
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    if pretrained in tags:
+        model = _create_from_tag(name, pretrained)
+    else:
+        _check_checkpoint_file(name, pretrained, tags)
+        model = _create_from_file(name, pretrained)
+    return Backbone(
+        model, open_clip.get_tokenizer(name), name, pretrained, model_cfg, _preprocess_cfg(model)
+    )
+
+
+def _load_local_dir(name: str, pretrained: str | None) -> Backbone:
+    """An open_clip folder (config + weights): the air-gapped production path."""
+    if pretrained is not None:
+        raise BackboneError(
+            f"'{name}' carries its own weights; pass pretrained=None (no --pretrained) with it"
+        )
+    folder = Path(name[len(LOCAL_DIR_PREFIX) :]).expanduser()
+    config_path = folder / CONFIG_FILE
+    if not folder.is_dir():
+        raise BackboneError(f"backbone folder not found: {folder}")
+    if not config_path.is_file():
+        raise BackboneError(f"backbone folder {folder} has no {CONFIG_FILE}")
+    if not any(folder.glob(f"*{s}") for s in _CHECKPOINT_SUFFIXES):
+        raise BackboneError(f"backbone folder {folder} has no weights file (e.g. {WEIGHTS_FILE})")
+    config = json.loads(config_path.read_text())
+    model = _create_from_file(f"{LOCAL_DIR_PREFIX}{folder}", None)
+    return Backbone(
+        model,
+        open_clip.get_tokenizer(f"{LOCAL_DIR_PREFIX}{folder}"),
+        f"{LOCAL_DIR_PREFIX}{folder}",
+        None,
+        config["model_cfg"],
+        _preprocess_cfg(model),
+    )
+
+
+def _create(name: str, pretrained: str | None) -> open_clip.CLIP:
+    model = open_clip.create_model(name, pretrained=pretrained, device="cpu")
+    return model
+
+
+def _create_from_tag(name: str, tag: str) -> open_clip.CLIP:
+    try:
+        return _create(name, tag)
+    except Exception as exc:  # open_clip wraps every download failure in RuntimeError
+        raise BackboneError(
+            f"cannot get pretrained weights '{tag}' for {name} (no network or no hub access?): "
+            f"{_first_line(exc)}. Offline, pass a local checkpoint file "
+            f"(--pretrained /path/to/open_clip_pytorch_model.bin), an open_clip folder "
+            f"(--backbone {LOCAL_DIR_PREFIX}PATH), or, for tests and demos only, "
+            f"--backbone {TINY_MODEL} --pretrained none (random weights)"
+        ) from exc
+
+
+def _check_checkpoint_file(name: str, pretrained: str, tags: list[str]) -> None:
+    path = Path(pretrained).expanduser()
+    looks_like_path = os.sep in pretrained or path.suffix in _CHECKPOINT_SUFFIXES
+    if path.is_file():
+        return
+    if looks_like_path:
+        raise BackboneError(f"checkpoint file not found: {path}")
+    raise BackboneError(
+        f"'{pretrained}' is neither a pretrained tag of {name} (known: {', '.join(tags) or 'none'})"
+        f" nor an existing checkpoint file"
+    )
+
+
+def _create_from_file(name: str, checkpoint: str | None) -> open_clip.CLIP:
+    try:
+        return _create(name, checkpoint)
+    except RuntimeError as exc:
+        raise BackboneError(
+            f"checkpoint {checkpoint or name} does not fit architecture "
+            f"'{name}' (wrong model for these weights?): {_first_line(exc)}"
+        ) from exc
+    except Exception as exc:  # unreadable/corrupt files surface as many exception types
+        raise BackboneError(
+            f"cannot read checkpoint {checkpoint or name}: {_first_line(exc)}"
+        ) from exc
+
+
+def _preprocess_cfg(model: torch.nn.Module) -> dict[str, Any]:
+    cfg = dict(open_clip.get_model_preprocess_cfg(model))
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
+
+
+def _check_supported(model: torch.nn.Module, name: str) -> None:
+    """SEM-CLIP needs a class-token ViT whose blocks use nn.MultiheadAttention."""
+    visual = getattr(model, "visual", None)
+    ok = (
+        isinstance(visual, VisionTransformer)
+        and visual.attn_pool is None
+        and visual.pool_type == "tok"
+        and all(
+            isinstance(b.attn, torch.nn.MultiheadAttention) for b in visual.transformer.resblocks
+        )
+    )
+    if not ok:
+        raise BackboneError(
+            f"backbone '{name}' is not a class-token open_clip ViT with standard attention "
+            f"blocks; SEM-CLIP's dual-path encoder supports ViT-B/16+, ViT-B/16, ViT-L/14 "
+            f"and similar"
+        )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:500] if text else type(exc).__name__
+
+
+def save_backbone_dir(backbone: Backbone, folder: str | os.PathLike) -> str:
+    """Write the backbone as an open_clip `local-dir:` folder; returns the weights' sha256.
+
+    Used to make model artifacts self-contained (no hub needed to serve them).
+    """
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {"model_cfg": backbone.model_cfg, "preprocess_cfg": backbone.preprocess_cfg}
+    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+    state = {k: v.detach().to("cpu").contiguous() for k, v in backbone.model.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS_FILE))
+    return file_sha256(folder / WEIGHTS_FILE)
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, streamed (checkpoints are hundreds of MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,1 @@
+"""Input/output: the prediction Parquet schema, model packaging and storage."""
