@@ -7,6 +7,11 @@ import importlib
 import logging
 import sys
 
+from semclip.artifact import IncompatibleModelError
+from semclip.backbone import BackboneError
+from semclip.cli.common import quiet_third_party_logs
+from semclip.data import DatasetError
+
 # Each module exposes `register(subparsers) -> None`; the parser it adds sets `func`.
 COMMANDS: tuple[str, ...] = (
     "semclip.cli.fit_cmd",
@@ -35,7 +40,19 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    return int(args.func(args) or 0)
+    if not args.verbose:
+        quiet_third_party_logs()
+    try:
+        return int(args.func(args) or 0)
+    except (
+        BackboneError,
+        DatasetError,
+        IncompatibleModelError,
+        FileNotFoundError,
+        ValueError,
+    ) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

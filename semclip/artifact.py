@@ -1,0 +1,176 @@
+"""A self-contained model directory: everything needed to predict on an air-gapped worker.
+
+Layout:
+    model.json          format version, classes, prompts, τ/α, preprocessing, configs, lineage
+    heads.safetensors   transformation layers, classification head, class text prototypes T
+    backbone/           open_clip `local-dir:` folder (config + weights), unless saved as a
+                        pointer (name + tag/file + weights hash) with include_backbone=False
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from semclip.backbone import (
+    LOCAL_DIR_PREFIX,
+    RANDOM_WEIGHTS_WARNING,
+    Backbone,
+    load_backbone,
+    save_backbone_dir,
+)
+from semclip.config import Calibration, FitConfig, PredictConfig
+from semclip.features import Preprocess
+from semclip.heads import SemclipHeads
+from semclip.model import SemclipModel
+from semclip.prompts import PromptLibrary
+
+log = logging.getLogger(__name__)
+
+FORMAT = "semclip-model"
+FORMAT_VERSION = 1  # bump on any change old code cannot read; add a reader for the old one
+MODEL_FILE = "model.json"
+HEADS_FILE = "heads.safetensors"
+BACKBONE_DIR = "backbone"
+
+
+class IncompatibleModelError(RuntimeError):
+    """The directory holds no semclip model, or one written in a format this code cannot read."""
+
+
+def save_model(
+    model: SemclipModel, path: str | os.PathLike, *, include_backbone: bool = True
+) -> Path:
+    """Write `model` to a fresh directory (replaced if present); returns its path."""
+    import semclip
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in model.heads.state_dict().items()},
+        str(tmp / HEADS_FILE),
+    )
+    backbone_info = _backbone_info(model.backbone)
+    if include_backbone:
+        backbone_info["weights_sha256"] = save_backbone_dir(model.backbone, tmp / BACKBONE_DIR)
+        backbone_info["dir"] = BACKBONE_DIR
+    else:
+        if model.backbone.name.startswith(LOCAL_DIR_PREFIX):
+            backbone_info["name"] = model.backbone.name  # the folder is the pointer
+        backbone_info["state_sha256"] = state_sha256(model.backbone.model)
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "semclip_version": semclip.__version__,
+        "name": model.name,
+        "version": model.version,
+        "classes": list(model.classes),
+        "n_stages": model.heads.n_stages,
+        "calibration": model.calibration.to_dict(),
+        "preprocess": model.preprocess.to_dict(),
+        "fit_config": model.fit_config.to_dict(),
+        "predict_config": model.predict_config.to_dict(),
+        "prompts": model.prompts.to_dict(),
+        "backbone": backbone_info,
+        "lineage": model.lineage,
+    }
+    (tmp / MODEL_FILE).write_text(json.dumps(meta, indent=2))
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
+    return path
+
+
+def load_model(
+    path: str | os.PathLike, *, device: str | torch.device | None = None
+) -> SemclipModel:
+    """Read a model directory; IncompatibleModelError when it is missing, foreign or too new/old."""
+    path = Path(path)
+    meta = read_meta(path)
+    info = meta["backbone"]
+    if info.get("dir"):
+        backbone = load_backbone(f"{LOCAL_DIR_PREFIX}{path / info['dir']}", None, device)
+    else:
+        backbone = load_backbone(info["name"], info.get("pretrained"), device)
+        if state_sha256(backbone.model) != info["state_sha256"]:
+            raise IncompatibleModelError(
+                f"model {path} points at backbone {info['name']} ({info.get('pretrained')}) "
+                f"but the weights found there differ from those it was fitted with"
+            )
+    backbone.name = info["name"]
+    backbone.pretrained = info.get("pretrained")
+    backbone.random_weights = bool(info.get("random_weights"))  # a saved random net stays random
+    if backbone.random_weights:
+        log.warning("model %s: %s", path, RANDOM_WEIGHTS_WARNING.format(name=backbone.name))
+    state = load_file(str(path / HEADS_FILE), device=str(backbone.model.visual.proj.device))
+    heads = SemclipHeads(
+        meta["n_stages"],
+        state["classifier.weight"].shape[1] // meta["n_stages"],
+        state["text"].shape[1],
+        state["text"],
+    )
+    heads.load_state_dict(state)
+    heads.to(backbone.model.visual.proj.device).eval()
+    return SemclipModel(
+        backbone=backbone,
+        heads=heads,
+        classes=tuple(meta["classes"]),
+        prompts=PromptLibrary.from_dict(meta["prompts"], source=str(path / MODEL_FILE)),
+        calibration=Calibration(**meta["calibration"]),
+        preprocess=Preprocess.from_dict(meta["preprocess"]),
+        fit_config=FitConfig.from_dict(meta["fit_config"]),
+        predict_config=PredictConfig.from_dict(meta["predict_config"]),
+        name=meta["name"],
+        version=str(meta["version"]),
+        lineage=meta["lineage"],
+    )
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """model.json after format checks."""
+    meta_path = path / MODEL_FILE
+    if not meta_path.is_file():
+        raise IncompatibleModelError(f"no semclip model at {path} (missing {MODEL_FILE})")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise IncompatibleModelError(f"{meta_path} is not valid JSON: {exc}") from exc
+    if meta.get("format") != FORMAT:
+        raise IncompatibleModelError(
+            f"{meta_path} is not a semclip model (format {meta.get('format')!r})"
+        )
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise IncompatibleModelError(
+            f"model {path} has format version {version} (written by semclip "
+            f"{meta.get('semclip_version', '?')}); this semclip reads version {FORMAT_VERSION}. "
+            f"Refit the model with this version, or load it with the semclip that wrote it."
+        )
+    return meta
+
+
+def _backbone_info(backbone: Backbone) -> dict[str, Any]:
+    return {
+        "name": backbone.name,
+        "pretrained": backbone.pretrained,
+        "random_weights": backbone.random_weights,
+        "model_cfg": backbone.model_cfg,
+    }
+
+
+def state_sha256(model: torch.nn.Module) -> str:
+    """Hash of every tensor of a model's state, in key order: identifies the weights."""
+    digest = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

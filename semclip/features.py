@@ -1,0 +1,158 @@
+"""From decoded images to cached backbone features: preprocessing, augmentation, extraction.
+
+The backbone is frozen, so it runs once per image and augmentation; everything trained or
+calibrated afterwards works on these cached tensors.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from semclip.data.databar import DatabarCrop
+from semclip.encoder import DualPathEncoder
+from semclip.maps import surgery_defect_map, surgery_similarity
+
+N_DIHEDRAL = 8  # identity, 3 rotations, and the 4 flipped versions
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a decoded grayscale image becomes a model input."""
+
+    image_size: int  # square model resolution S
+    mean: tuple[float, float, float]  # open_clip normalisation
+    std: tuple[float, float, float]
+    databar: DatabarCrop = DatabarCrop()  # rows removed before the model sees the image
+
+    def to_dict(self) -> dict:
+        return {
+            "image_size": self.image_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "databar": self.databar.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Preprocess:
+        return cls(
+            int(data["image_size"]),
+            tuple(data["mean"]),
+            tuple(data["std"]),
+            DatabarCrop.from_dict(data.get("databar", {})),
+        )
+
+    def image_tensor(self, pixels: np.ndarray) -> torch.Tensor:
+        """(H, W) gray in [0, 1] → (3, S, S) normalised; the databar is cropped first."""
+        x = torch.from_numpy(np.ascontiguousarray(self.databar.apply(pixels), dtype=np.float32))
+        x = F.interpolate(
+            x[None, None],
+            size=(self.image_size, self.image_size),
+            mode="bicubic",
+            antialias=True,
+            align_corners=False,
+        )[0]
+        x = x.clamp(0.0, 1.0).expand(3, -1, -1)  # gray replicated to the 3 RGB channels
+        mean = torch.tensor(self.mean).view(3, 1, 1)
+        std = torch.tensor(self.std).view(3, 1, 1)
+        return (x - mean) / std
+
+    def mask_tensor(self, mask: np.ndarray) -> torch.Tensor:
+        """(H, W) bool → (S, S) float {0, 1}, cropped like the image.
+
+        Area-resized and thresholded at half coverage; a defect smaller than half a model pixel
+        keeps its pixels (any coverage), so tiny particles do not vanish from the target.
+        """
+        m = torch.from_numpy(np.ascontiguousarray(self.databar.apply(mask), dtype=np.float32))
+        cover = F.interpolate(m[None, None], size=(self.image_size, self.image_size), mode="area")[
+            0, 0
+        ]
+        out = cover >= 0.5
+        if not out.any() and bool(m.any()):
+            out = cover > 0
+        return out.float()
+
+
+def dihedral(x: torch.Tensor, index: int) -> torch.Tensor:
+    """One of the 8 flips/90° rotations of (..., H, W): natural symmetries of SEM images."""
+    x = torch.rot90(x, index % 4, dims=(-2, -1))
+    return torch.flip(x, dims=(-1,)) if index >= 4 else x
+
+
+@dataclass
+class Features:
+    """Cached backbone outputs for N images (or augmented copies).
+
+    tokens: (N, m, 1+P, width) ln_post-normalised vanilla stage tokens, CLS first (fp16).
+    vv: (N, m, 1+P, embed) V-V stage tokens through ln_post/proj, vanilla CLS first (fp16).
+    """
+
+    tokens: torch.Tensor
+    vv: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    def __getitem__(self, idx: torch.Tensor | slice | list[int]) -> Features:
+        return Features(self.tokens[idx], self.vv[idx])
+
+    @staticmethod
+    def cat(parts: list[Features]) -> Features:
+        return Features(torch.cat([p.tokens for p in parts]), torch.cat([p.vv for p in parts]))
+
+    @property
+    def grid(self) -> int:
+        return math.isqrt(self.tokens.shape[2] - 1)
+
+
+def autocast_context(device: torch.device, enabled: bool = True):
+    """bf16 autocast on CUDA (fp16 where bf16 is unsupported); nothing on CPU."""
+    if device.type != "cuda" or not enabled:
+        return nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+@torch.inference_mode()
+def extract_features(
+    encoder: DualPathEncoder, images: torch.Tensor, *, autocast: bool = True
+) -> Features:
+    """Run the dual-path encoder on (B, 3, S, S) and keep what heads and maps need, on CPU."""
+    device = next(encoder.parameters()).device
+    with autocast_context(device, autocast):
+        stages = encoder(images.to(device))
+        ln_post = encoder.visual.ln_post
+        tokens = torch.stack([ln_post(s.vanilla) for s in stages], dim=1)
+        vv = torch.stack([s.vv for s in stages], dim=1)
+    return Features(tokens.to("cpu", torch.float16), vv.to("cpu", torch.float16))
+
+
+def surgery_maps(vv: torch.Tensor, text: torch.Tensor, good_index: int) -> torch.Tensor:
+    """Per-stage patch-level feature-surgery defect maps M_n^i: (N, m, 1+P, D) → (N, m, P)."""
+    n, m = vv.shape[:2]
+    vv = vv.float().flatten(0, 1)  # (N·m, 1+P, D)
+    sim = surgery_similarity(vv[:, 1:], vv[:, 0], text.to(vv.device))
+    return surgery_defect_map(sim, good_index).view(n, m, -1)
+
+
+def batches(n: int, size: int) -> Iterator[slice]:
+    """Consecutive slices of at most `size` covering range(n)."""
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
+
+
+def auto_batch_size(device: torch.device, requested: int, image_size: int) -> int:
+    """Requested size, else 16 on CPU and a size from free memory on CUDA."""
+    if requested > 0:
+        return requested
+    if device.type != "cuda":
+        return 16
+    free, _ = torch.cuda.mem_get_info(device)
+    per_image = 64 * (image_size / 240) ** 2 * 2**20  # ~64 MB activations per image at 240 px
+    return int(max(1, min(256, free * 0.5 // per_image)))

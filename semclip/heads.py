@@ -1,0 +1,58 @@
+"""Trained parts of SEM-CLIP: per-stage transformation layers and the classification head.
+
+All fitted state (weights and the class text prototypes T) lives in parameters and registered
+buffers, so `state_dict()` round-trips the whole head.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from semclip.maps import class_logits
+
+
+class SemclipHeads(nn.Module):
+    """W_1..W_m (width → embed) on ln_post-normalised tokens, and a linear head on stage CLS.
+
+    Inputs are ln_post-normalised vanilla tokens `tokens` (B, m, 1+P, width), CLS first.
+    """
+
+    def __init__(
+        self,
+        n_stages: int,
+        width: int,
+        embed_dim: int,
+        text: torch.Tensor,  # (K, embed) class prototypes
+        proj_init: torch.Tensor | None = None,  # (width, embed) CLIP's proj, the starting point
+    ) -> None:
+        super().__init__()
+        n_classes = text.shape[0]
+        self.transforms = nn.ModuleList(nn.Linear(width, embed_dim) for _ in range(n_stages))
+        if proj_init is not None:  # start from CLIP's own projection: the zero-shot solution
+            for layer in self.transforms:
+                layer.weight.data.copy_(proj_init.T)
+                layer.bias.data.zero_()
+        self.classifier = nn.Linear(n_stages * width, n_classes)
+        self.register_buffer("text", text.clone().float())  # (K, embed)
+
+    @property
+    def n_stages(self) -> int:
+        return len(self.transforms)
+
+    def stage_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Z_i = W_i ln_post(F_v^i) for every stage: (B, m, N, width) → (B, m, N, embed)."""
+        return torch.stack([w(tokens[:, i]) for i, w in enumerate(self.transforms)], dim=1)
+
+    def patch_logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Per-stage patch class logits (B, m, P, K) (eq. 9-10), CLS dropped."""
+        return class_logits(self.stage_embeddings(tokens[:, :, 1:]), self.text)
+
+    def clip_logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        """P_clip logits (B, K) (eq. 18-19): stage CLS via W_i, cosine ×100, max over stages."""
+        cls = self.stage_embeddings(tokens[:, :, :1])[:, :, 0]  # (B, m, embed)
+        return class_logits(cls, self.text).amax(dim=1)
+
+    def head_logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        """P_head logits (B, K) (eq. 20-22) on concatenated stage CLS tokens."""
+        return self.classifier(tokens[:, :, 0].flatten(1))

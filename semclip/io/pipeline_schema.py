@@ -1,0 +1,148 @@
+"""The columns the nightly pipeline adds to the declared prediction schema, and its tables.
+
+The model library owns :data:`~semclip.io.schema.PREDICTION_SCHEMA`; the pipeline only
+appends lineage columns (where on the wafer the defect is, which flow run wrote the row,
+when) through :func:`~semclip.io.schema.extend_schema`, so a reader of the model's columns
+never has to know about the pipeline. The hive key ``date`` is not stored in the files: it is
+the partition folder name (``predictions/date=YYYY-MM-DD/``), declared here so every reader
+gives it the same type.
+
+:func:`pipeline_records_to_table` exists because :func:`~semclip.io.schema.records_to_table`
+has no conversion for timestamps; it checks the model columns there and the pipeline columns
+here, with the same "name the row and field" errors.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from semclip.io.schema import PREDICTION_SCHEMA, extend_schema, records_to_table
+
+__all__ = [
+    "PARTITION_FIELD",
+    "PIPELINE_FIELDS",
+    "PIPELINE_PREDICTION_SCHEMA",
+    "QUARANTINE_SCHEMA",
+    "pipeline_records_to_table",
+    "quarantine_records_to_table",
+]
+
+_UTC_US = pa.timestamp("us", tz="UTC")
+
+
+def _field(name: str, type_: pa.DataType, description: str, nullable: bool = True) -> pa.Field:
+    return pa.field(name, type_, nullable=nullable, metadata={"description": description})
+
+
+PIPELINE_FIELDS: tuple[pa.Field, ...] = (
+    _field("lot_id", pa.string(), "Lot id from the path regex or a KLARF; null if unknown."),
+    _field("wafer_id", pa.string(), "Wafer id from the path regex or a KLARF; null if unknown."),
+    _field("defect_id", pa.string(), "Defect id from the path regex or a KLARF; null if unknown."),
+    _field("die_x_index", pa.int32(), "Die column index (KLARF XINDEX); null if unknown."),
+    _field("die_y_index", pa.int32(), "Die row index (KLARF YINDEX); null if unknown."),
+    _field("x_rel_um", pa.float64(), "Defect x in its die, micrometres (KLARF XREL); or null."),
+    _field("y_rel_um", pa.float64(), "Defect y in its die, micrometres (KLARF YREL); or null."),
+    _field("flow_run_id", pa.string(), "Id of the flow run that wrote the row; null outside one."),
+    _field("inferred_at", _UTC_US, "When the prediction was made (UTC)."),
+)
+
+PIPELINE_PREDICTION_SCHEMA: pa.Schema = extend_schema(PREDICTION_SCHEMA, PIPELINE_FIELDS)
+
+PARTITION_FIELD: pa.Field = _field(
+    "date", pa.date32(), "Hive partition key: the raw/<YYYY-MM-DD>/ folder the images came from."
+)
+
+QUARANTINE_SCHEMA: pa.Schema = pa.schema(
+    [
+        _field("image_uri", pa.string(), "The input that could not be used.", nullable=False),
+        _field("reason", pa.string(), "Why, in words an engineer can act on.", nullable=False),
+        _field("flow_run_id", pa.string(), "Id of the flow run that met it; null outside one."),
+        _field("quarantined_at", _UTC_US, "When it was quarantined (UTC).", nullable=False),
+    ],
+    metadata={"semclip.schema": "quarantine", "semclip.schema_version": "1"},
+)
+
+_INT32 = (-(2**31), 2**31 - 1)
+
+
+def pipeline_records_to_table(records: Iterable[Mapping[str, Any]]) -> pa.Table:
+    """Build a :data:`PIPELINE_PREDICTION_SCHEMA` table from one mapping per row.
+
+    Each record needs exactly the schema's keys. Model columns are checked by
+    :func:`~semclip.io.schema.records_to_table`; pipeline columns here (``inferred_at``
+    must be a timezone-aware ``datetime``: a naive one is ambiguous across fab sites).
+    Raises ``ValueError`` naming the row and field.
+    """
+    records = list(records)
+    base_names = set(PREDICTION_SCHEMA.names)
+    expected = set(PIPELINE_PREDICTION_SCHEMA.names)
+    for row, record in enumerate(records):
+        if not isinstance(record, Mapping):
+            raise ValueError(f"record {row}: expected a mapping, got {type(record).__name__}")
+        if set(record) != expected:
+            missing = sorted(expected - set(record))
+            extra = sorted(map(str, set(record) - expected))
+            raise ValueError(f"record {row}: missing field(s) {missing}, unexpected {extra}")
+    base = records_to_table(
+        ({k: v for k, v in r.items() if k in base_names} for r in records),
+        schema=PREDICTION_SCHEMA,
+    )
+    extra_columns = [_column(records, field) for field in PIPELINE_FIELDS]
+    return pa.Table.from_arrays([*base.columns, *extra_columns], schema=PIPELINE_PREDICTION_SCHEMA)
+
+
+def quarantine_records_to_table(records: Iterable[Mapping[str, Any]]) -> pa.Table:
+    """Build a :data:`QUARANTINE_SCHEMA` table; ``quarantined_at`` defaults to now (UTC)."""
+    now = dt.datetime.now(dt.UTC)
+    rows = []
+    for row, record in enumerate(records):
+        unknown = set(record) - set(QUARANTINE_SCHEMA.names)
+        if unknown:
+            raise ValueError(f"quarantine record {row}: unexpected field(s) {sorted(unknown)}")
+        rows.append({"quarantined_at": now, "flow_run_id": None, **record})
+    return pa.Table.from_arrays(
+        [_column(rows, field, what="quarantine record") for field in QUARANTINE_SCHEMA],
+        schema=QUARANTINE_SCHEMA,
+    )
+
+
+def _column(records: list[Mapping[str, Any]], field: pa.Field, what: str = "record") -> pa.Array:
+    values = []
+    for row, record in enumerate(records):
+        try:
+            values.append(_normalise(record.get(field.name), field))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{what} {row}: field {field.name!r}: {exc}") from None
+    return pa.array(values, type=field.type)
+
+
+def _normalise(value: Any, field: pa.Field) -> Any:
+    if value is None:
+        if not field.nullable:
+            raise ValueError("is declared not null but got None")
+        return None
+    t = field.type
+    if pa.types.is_string(t):
+        if not isinstance(value, str):
+            raise TypeError(f"expected a str, got {type(value).__name__} {value!r:.60}")
+        return value
+    if pa.types.is_int32(t):
+        if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer):
+            raise TypeError(f"expected an integer, got {type(value).__name__} {value!r:.60}")
+        if not _INT32[0] <= int(value) <= _INT32[1]:
+            raise ValueError(f"{int(value)} is out of range for int32")
+        return int(value)
+    if pa.types.is_float64(t):
+        if isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.number):
+            raise TypeError(f"expected a number, got {type(value).__name__} {value!r:.60}")
+        return float(value)
+    if pa.types.is_timestamp(t):
+        if not isinstance(value, dt.datetime) or value.tzinfo is None:
+            raise TypeError(f"expected a timezone-aware datetime, got {value!r:.60}")
+        return value.astimezone(dt.UTC)
+    raise TypeError(f"no conversion for Arrow type {t}")

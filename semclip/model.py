@@ -1,0 +1,404 @@
+"""SemclipModel: fit on a few labelled shots, predict class + confidence + mask per image.
+
+The model is the frozen backbone, the trained heads (with the class text prototypes), and the
+calibration (τ, α) chosen on the support set; `save`/`load` (artifact.py) keep all of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from semclip.backbone import Backbone
+from semclip.config import Calibration, FitConfig, PredictConfig
+from semclip.data.databar import DatabarCrop
+from semclip.data.dataset import GOOD, Dataset
+from semclip.data.images import ImageReadError, LoadedImage, read_image
+from semclip.data.masks import read_mask
+from semclip.encoder import DualPathEncoder
+from semclip.features import (
+    N_DIHEDRAL,
+    Features,
+    Preprocess,
+    auto_batch_size,
+    batches,
+    dihedral,
+    extract_features,
+)
+from semclip.heads import SemclipHeads
+from semclip.inference import HeadOutputs, run_heads
+from semclip.postprocess import mask_outputs
+from semclip.prediction import Prediction
+from semclip.prompts import PromptLibrary, load_prompts, text_prototypes
+from semclip.train import SupportTensors, calibrate, default_tau, fit_heads
+
+log = logging.getLogger(__name__)
+
+ImageSource = str | Path | bytes | np.ndarray
+Progress = Callable[[int], None]  # called with the number of images just finished
+
+
+@dataclass(frozen=True)
+class SupportItem:
+    """One labelled support image: a source for `read_image`, its label, optional mask."""
+
+    image: ImageSource
+    label: str
+    mask: str | Path | np.ndarray | None = None  # None: classification only (or good)
+    group: str | None = None  # fold unit for calibration (wafer, site); default: the image
+    uri: str | None = None  # recorded in the lineage
+
+
+@dataclass
+class SemclipModel:
+    """A fitted SEM-CLIP model."""
+
+    backbone: Backbone
+    heads: SemclipHeads
+    classes: tuple[str, ...]  # class order of probabilities; "good" first
+    prompts: PromptLibrary
+    calibration: Calibration
+    preprocess: Preprocess
+    fit_config: FitConfig = FitConfig()
+    predict_config: PredictConfig = PredictConfig()
+    name: str = "semclip-sem"
+    version: str = "local"
+    lineage: dict[str, Any] = field(default_factory=dict)
+    _encoder: DualPathEncoder | None = field(default=None, repr=False)
+
+    @property
+    def good_index(self) -> int:
+        return self.classes.index(GOOD)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.backbone.model.parameters()).device
+
+    @property
+    def encoder(self) -> DualPathEncoder:
+        if self._encoder is None:
+            self._encoder = DualPathEncoder(self.backbone.model, self.fit_config.n_stages)
+        return self._encoder
+
+    # ------------------------------------------------------------------ fitting
+    @classmethod
+    def fit(
+        cls,
+        backbone: Backbone,
+        support: Dataset | Sequence[SupportItem],
+        *,
+        config: FitConfig | None = None,
+        prompts: PromptLibrary | None = None,
+        databar: DatabarCrop | None = None,
+        name: str = "semclip-sem",
+        progress: Progress | None = None,
+    ) -> SemclipModel:
+        """Fit heads and calibration on labelled shots (k per class; k = 1 works).
+
+        Defect images without a mask train the classifier only. Raises ValueError when the
+        support has no "good" images or a single class.
+        """
+        started = time.perf_counter()
+        config = config or FitConfig()
+        databar = databar or DatabarCrop()
+        items = support_items(support)
+        classes = support_classes(items)
+        prompts = prompts or load_prompts()
+        device = next(backbone.model.parameters()).device
+        preprocess = Preprocess(backbone.image_size, backbone.mean, backbone.std, databar)
+        text = text_prototypes(
+            backbone.model, backbone.tokenizer, prompts, classes, generic=config.generic_prompts
+        ).to(device)
+        model = cls(
+            backbone,
+            None,
+            classes,
+            prompts,
+            Calibration(),
+            preprocess,
+            config,  # type: ignore[arg-type]
+            name=name,
+        )
+        tensors, hashes = model._support_tensors(items, progress)
+        proj = backbone.model.visual.proj.detach().float()
+        good = model.good_index
+        calibration = calibrate(tensors, text, good, config, proj, preprocess.image_size, device)
+        model.heads = fit_heads(tensors, text, good, config, proj, device)
+        if calibration.method == "default":
+            calibration = replace(calibration, tau=model._good_shot_tau(tensors))
+        model.calibration = calibration
+        model.lineage = fit_lineage(items, hashes, config, backbone, time.perf_counter() - started)
+        log.info(
+            "fitted %d classes on %d images: tau=%.3f alpha=%.2f (%s)",
+            len(classes),
+            len(items),
+            calibration.tau,
+            calibration.alpha,
+            calibration.method,
+        )
+        return model
+
+    def _support_tensors(
+        self, items: list[SupportItem], progress: Progress | None
+    ) -> tuple[SupportTensors, list[str | None]]:
+        """Run the backbone once per support image and augmentation; cache what training needs.
+
+        Returns the tensors and each image's sha256 (for the lineage).
+        """
+        n_aug = N_DIHEDRAL if self.fit_config.augment else 1
+        size = self.preprocess.image_size
+        images, masks, has_mask, labels, groups, hashes = [], [], [], [], [], []
+        for i, item in enumerate(items):
+            loaded = read_image(item.image, name=item.uri)
+            images.append(self.preprocess.image_tensor(loaded.pixels))
+            mask = _support_mask(item, loaded)
+            has_mask.append(mask is not None)
+            masks.append(
+                self.preprocess.mask_tensor(mask) if mask is not None else torch.zeros(size, size)
+            )
+            labels.append(self.classes.index(item.label))
+            groups.append(item.group if item.group is not None else f"image-{i}")
+            hashes.append(loaded.sha256)
+        stack, mask_stack = torch.stack(images), torch.stack(masks)  # (n, 3, S, S), (n, S, S)
+        batch = auto_batch_size(self.device, self.fit_config.feature_batch_size, size)
+        feats, targets, image_index, aug_index = [], [], [], []
+        for sl in batches(len(items), batch):
+            for aug in range(n_aug):
+                feats.append(extract_features(self.encoder, dihedral(stack[sl], aug)))
+                targets.append(patch_coverage(dihedral(mask_stack[sl], aug), feats[-1].grid))
+                image_index.append(torch.arange(sl.start, sl.stop))
+                aug_index.append(torch.full((sl.stop - sl.start,), aug))
+            if progress:
+                progress(sl.stop - sl.start)
+        image_index_t = torch.cat(image_index)
+        tensors = SupportTensors(
+            feats=Features.cat(feats),
+            labels=torch.tensor(labels)[image_index_t],
+            patch_target=torch.cat(targets),
+            has_mask=torch.tensor(has_mask)[image_index_t],
+            image_index=image_index_t,
+            aug_index=torch.cat(aug_index),
+            masks=mask_stack,
+            image_has_mask=torch.tensor(has_mask),
+            groups=groups,
+        )
+        return tensors, hashes
+
+    def _good_shot_tau(self, tensors: SupportTensors) -> float:
+        """Default τ (k = 1): from the scores on the good shots' pixels (design notes)."""
+        keep = (tensors.labels == self.good_index) & (tensors.aug_index == 0)
+        out = run_heads(
+            self.heads,
+            tensors.feats[keep],
+            self.calibration,
+            self.good_index,
+            self.preprocess.image_size,
+        )
+        return default_tau(out.score_map)
+
+    # --------------------------------------------------------------- prediction
+    def predict(
+        self,
+        images: Sequence[ImageSource],
+        *,
+        uris: Sequence[str] | None = None,
+        config: PredictConfig | None = None,
+        progress: Progress | None = None,
+    ) -> list[Prediction]:
+        """Predict every image; an unreadable one gets a row with `error`, never a failed batch."""
+        config = config or self.predict_config
+        uris = (
+            list(uris) if uris is not None else [_default_uri(s, i) for i, s in enumerate(images)]
+        )
+        if len(uris) != len(images):
+            raise ValueError(f"{len(images)} images but {len(uris)} uris")
+        batch = auto_batch_size(self.device, config.batch_size, self.preprocess.image_size)
+        results: list[Prediction] = []
+        for sl in batches(len(images), batch):
+            results.extend(self._predict_batch(images[sl], uris[sl], config))
+            if progress:
+                progress(sl.stop - sl.start)
+        return results
+
+    def _predict_batch(
+        self, images: Sequence[ImageSource], uris: Sequence[str], config: PredictConfig
+    ) -> list[Prediction]:
+        loaded: list[LoadedImage | Prediction] = [
+            self._read(src, uri, config) for src, uri in zip(images, uris, strict=True)
+        ]
+        ok = [i for i, item in enumerate(loaded) if isinstance(item, LoadedImage)]
+        if ok:
+            try:
+                outputs = self._heads_on([loaded[i] for i in ok], config)
+            except Exception as exc:  # keep the batch: fall back to one image at a time
+                if len(ok) == 1:
+                    loaded[ok[0]] = self._failed(
+                        uris[ok[0]], f"prediction failed: {exc}", loaded[ok[0]].sha256
+                    )
+                    return loaded  # type: ignore[return-value]
+                return [p for i in ok for p in self._predict_batch([images[i]], [uris[i]], config)]
+            for j, i in enumerate(ok):
+                loaded[i] = self._to_prediction(loaded[i], uris[i], outputs, j, config)
+        return loaded  # type: ignore[return-value]
+
+    def _read(
+        self, source: ImageSource, uri: str, config: PredictConfig
+    ) -> LoadedImage | Prediction:
+        try:
+            image = read_image(source, page=config.tiff_page, name=uri)
+            self.preprocess.databar.apply(image.pixels)  # fails clearly when nothing is left
+            return image
+        except (ImageReadError, ValueError) as exc:
+            log.warning("skipping %s: %s", uri, exc)
+            return self._failed(uri, str(exc), None)
+
+    def _failed(self, uri: str, error: str, sha256: str | None) -> Prediction:
+        return Prediction.failed(uri, error, self.name, self.version, sha256)
+
+    def _heads_on(self, images: list[LoadedImage], config: PredictConfig) -> HeadOutputs:
+        x = torch.stack([self.preprocess.image_tensor(im.pixels) for im in images])
+        with torch.inference_mode():
+            feats = extract_features(self.encoder, x, autocast=config.autocast)
+            return run_heads(
+                self.heads, feats, self.calibration, self.good_index, self.preprocess.image_size
+            )
+
+    def _to_prediction(
+        self, image: LoadedImage, uri: str, out: HeadOutputs, j: int, config: PredictConfig
+    ) -> Prediction:
+        probs = out.probs[j].float().cpu()
+        top = int(probs.argmax())
+        pixel_nm = config.pixel_size_nm or image.pixel_size_nm
+        masks = mask_outputs(
+            out.score_map[j].float().cpu().numpy(),
+            out.class_map[j].cpu().numpy(),
+            image.pixels.shape,
+            self.calibration.tau,
+            self.preprocess.databar,
+            config.min_region_px,
+            pixel_nm,
+        )
+        disagrees = (top == self.good_index) == (masks.stats.area_px > 0) or (
+            top != self.good_index and masks.majority_class not in (None, top)
+        )
+        return Prediction(
+            image_uri=uri,
+            image_sha256=image.sha256,
+            predicted_class=self.classes[top],
+            probabilities={c: float(p) for c, p in zip(self.classes, probs.tolist(), strict=True)},
+            anomaly_score=float(1.0 - probs[self.good_index]),
+            needs_review=bool(float(probs[top]) < config.review_min_probability or disagrees),
+            mask_rle=masks.rle,
+            mask_height=int(image.pixels.shape[0]),
+            mask_width=int(image.pixels.shape[1]),
+            n_regions=masks.stats.n_regions,
+            defect_area_px=masks.stats.area_px,
+            defect_area_nm2=masks.area_nm2,
+            bbox=masks.stats.bbox,
+            model_name=self.name,
+            model_version=self.version,
+        )
+
+
+def support_items(support: Dataset | Sequence[SupportItem]) -> list[SupportItem]:
+    """Support as SupportItems; a Dataset's samples keep their mask paths and groups."""
+    if isinstance(support, Dataset):
+        return [
+            SupportItem(s.image, s.label, s.mask, s.group, str(s.image)) for s in support.samples
+        ]
+    return list(support)
+
+
+def support_classes(items: list[SupportItem]) -> tuple[str, ...]:
+    """Class order: "good" first, then defect labels sorted; needs good and ≥ 1 defect."""
+    labels = {item.label for item in items}
+    if GOOD not in labels:
+        raise ValueError(
+            f"the support set needs '{GOOD}' images (labels present: {sorted(labels)})"
+        )
+    if len(labels) < 2:
+        raise ValueError("the support set needs at least one defect class besides 'good'")
+    return (GOOD, *sorted(labels - {GOOD}))
+
+
+def patch_coverage(masks: torch.Tensor, grid: int) -> torch.Tensor:
+    """Defect coverage of each patch: (n, S, S) masks → (n, P) fractions in [0, 1]."""
+    return F.adaptive_avg_pool2d(masks[:, None], grid).flatten(1)
+
+
+def _support_mask(item: SupportItem, image: LoadedImage) -> np.ndarray | None:
+    """The item's mask as bool (H, W); good images without a mask are all-background."""
+    if item.mask is None:
+        return np.zeros(image.pixels.shape, dtype=bool) if item.label == GOOD else None
+    if isinstance(item.mask, np.ndarray):
+        if item.mask.shape[:2] != image.pixels.shape:
+            raise ValueError(
+                f"mask of {item.uri or 'support image'} has size "
+                f"{item.mask.shape[:2]}, its image {image.pixels.shape}"
+            )
+        return item.mask.astype(bool)
+    return read_mask(item.mask, image.pixels.shape)
+
+
+def _default_uri(source: ImageSource, index: int) -> str:
+    if isinstance(source, str | Path):
+        return str(source)
+    return f"<{'bytes' if isinstance(source, bytes) else 'array'}:{index}>"
+
+
+def fit_lineage(
+    items: list[SupportItem],
+    hashes: list[str | None],
+    config: FitConfig,
+    backbone: Backbone,
+    seconds: float,
+) -> dict[str, Any]:
+    """Which images (by content hash), which seed, which software: enough to audit a model."""
+    import open_clip
+
+    import semclip
+
+    shots = [
+        {
+            "uri": item.uri or _default_uri(item.image, i),
+            "sha256": sha,
+            "label": item.label,
+            "mask": str(item.mask)
+            if isinstance(item.mask, str | Path)
+            else ("array" if item.mask is not None else None),
+            "group": item.group,
+        }
+        for i, (item, sha) in enumerate(zip(items, hashes, strict=True))
+    ]
+    return {
+        "created_at": datetime.now(UTC).isoformat(),
+        "seed": config.seed,
+        "shots_per_class": shots_per_class(items),
+        "support": shots,
+        "backbone": backbone.describe(),
+        "random_backbone": backbone.random_weights,
+        "fit_seconds": round(seconds, 3),
+        "versions": {
+            "semclip": semclip.__version__,
+            "torch": torch.__version__,
+            "open_clip": open_clip.__version__,
+            "numpy": np.__version__,
+        },
+    }
+
+
+def shots_per_class(items: list[SupportItem]) -> dict[str, int]:
+    """Support images per label."""
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[item.label] = counts.get(item.label, 0) + 1
+    return counts

@@ -1,0 +1,247 @@
+"""One typed settings object for the pipeline, read from the environment and a config file.
+
+Every knob of the nightly/refit pipeline lives here, so the README table, the flows and the
+CLI cannot disagree about a name or a default. Sources, strongest first:
+
+1. keyword overrides to :func:`get_settings` (tests, the CLI);
+2. environment variables ``SEMCLIP_<FIELD>``, plus the standard ``MLFLOW_TRACKING_URI`` and
+   ``AWS_ENDPOINT_URL_S3`` that the MLflow and AWS tools already honour;
+3. the TOML or YAML file named by ``SEMCLIP_CONFIG`` (keys are the field names);
+4. the defaults below. ``bucket``, ``mlflow_tracking_uri`` and ``prefect_home`` default to
+   places under ``home``, resolved to absolute paths when the settings are built.
+
+Nothing is read at import time: call :func:`get_settings` where the value is needed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+    YamlConfigSettingsSource,
+)
+
+__all__ = ["CONFIG_ENV_VAR", "SemclipSettings", "get_settings", "settings_table"]
+
+ENV_PREFIX = "SEMCLIP_"
+CONFIG_ENV_VAR = "SEMCLIP_CONFIG"
+ID_GROUPS = ("lot_id", "wafer_id", "defect_id")
+DEFAULT_PATH_REGEX = r"(?P<lot_id>[^/]+)/(?P<wafer_id>[^/]+)/(?P<defect_id>[^/.]+)\.[^/]+$"
+
+# Defaults computed from `home` when the settings are built, shown this way in the table.
+_DERIVED_DEFAULTS = {
+    "bucket": "file://$SEMCLIP_HOME/bucket",
+    "mlflow_tracking_uri": "sqlite:///$SEMCLIP_HOME/mlflow.db",
+    "prefect_home": "$SEMCLIP_HOME/prefect",
+}
+# Settings read from a standard variable of another tool; the SEMCLIP_ name works too.
+_STANDARD_ENV = {
+    "mlflow_tracking_uri": "MLFLOW_TRACKING_URI",
+    "s3_endpoint_url": "AWS_ENDPOINT_URL_S3",
+}
+# The config file for this settings build: set by get_settings(config_file=...), else the env.
+_config_file_override: ContextVar[Path | None] = ContextVar("semclip_config_file", default=None)
+
+
+def _standard(name: str) -> AliasChoices:
+    """Accept the other tool's variable first, then ``SEMCLIP_<NAME>``, then the field name."""
+    return AliasChoices(_STANDARD_ENV[name], f"{ENV_PREFIX}{name.upper()}", name)
+
+
+class SemclipSettings(BaseSettings):
+    """Everything the pipeline can be configured with; see the module docstring for sources."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, frozen=True, extra="forbid", populate_by_name=True
+    )
+
+    home: Path = Field(
+        Path("./.semclip"),
+        description="Working folder for the local bucket, MLflow database and Prefect state.",
+    )
+    bucket: str | None = Field(
+        None,
+        description="Object store root: file://… or s3://bucket[/prefix]; a bare path means "
+        "a local folder.",
+    )
+    model_name: str = Field("semclip-sem", description="Registered MLflow model name.")
+    timezone: str = Field(
+        "UTC", description="IANA zone of the fab: the nightly cron and 'yesterday' use it."
+    )
+    path_regex: str = Field(
+        DEFAULT_PATH_REGEX,
+        description="Regex searched in an image path relative to raw/<date>/; named groups "
+        "lot_id, wafer_id, defect_id (any missing group gives null).",
+    )
+    tiff_page: int = Field(0, ge=0, description="Page of a multi-page TIFF (detector) to read.")
+    batch_size: int = Field(32, ge=1, description="Images per inference batch.")
+    holdout_fraction: float = Field(
+        0.2, gt=0.0, lt=1.0, description="Share of confirmed images held out, by content hash."
+    )
+    support_cap_per_class: int = Field(
+        20, ge=1, description="Most support shots per class at refit (newest first)."
+    )
+    gate_min_f1_gain: float = Field(
+        0.01, ge=-1.0, le=1.0, description="Macro F1 gain a candidate needs to become champion."
+    )
+    gate_max_pixel_f1_drop: float = Field(
+        0.02, ge=0.0, le=1.0, description="Largest pixel F1-max drop a promotion tolerates."
+    )
+    mlflow_tracking_uri: str | None = Field(
+        None,
+        validation_alias=_standard("mlflow_tracking_uri"),
+        description="MLflow tracking and registry URI (MLFLOW_TRACKING_URI wins).",
+    )
+    s3_endpoint_url: str | None = Field(
+        None,
+        validation_alias=_standard("s3_endpoint_url"),
+        description="S3 endpoint for MinIO/Ceph/on-prem S3; unset means AWS.",
+    )
+    backbone: str | None = Field(
+        None, description="open_clip architecture; unset means the project's default."
+    )
+    pretrained: str | None = Field(
+        None, description="Pretrained weights (tag, file or local-dir:); unset: project default."
+    )
+    prefect_home: Path | None = Field(None, description="PREFECT_HOME for local runs.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Overrides, then the environment, then the optional config file; no .env magic."""
+        config_file = _config_file_override.get() or _config_file_from_env()
+        if config_file is None:
+            return (init_settings, env_settings)
+        return (init_settings, env_settings, _file_source(settings_cls, config_file))
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}; use an IANA name") from None
+        return value
+
+    @field_validator("path_regex")
+    @classmethod
+    def _usable_regex(cls, value: str) -> str:
+        try:
+            groups = set(re.compile(value).groupindex)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from None
+        if not groups & set(ID_GROUPS):
+            raise ValueError(f"needs at least one named group of {', '.join(ID_GROUPS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _resolve_paths(self) -> SemclipSettings:
+        """Make ``home`` absolute and fill the defaults that live under it.
+
+        Absolute because flows and workers may run from another folder than the one that
+        configured them; the frozen model is written through ``__dict__`` once, here.
+        """
+        home = self.home.expanduser().resolve()
+        resolved: dict[str, Any] = {
+            "home": home,
+            "bucket": _normalise_bucket(self.bucket or str(home / "bucket")),
+            "mlflow_tracking_uri": self.mlflow_tracking_uri or f"sqlite:///{home / 'mlflow.db'}",
+            "prefect_home": (self.prefect_home or home / "prefect").expanduser().resolve(),
+        }
+        self.__dict__.update(resolved)
+        return self
+
+
+def get_settings(
+    *, config_file: str | os.PathLike[str] | None = None, **overrides: Any
+) -> SemclipSettings:
+    """Build the settings now; ``overrides`` win over everything, ``config_file`` over env's.
+
+    Raises ``FileNotFoundError`` when the named config file does not exist (a typo there
+    would otherwise silently run with defaults) and pydantic's ``ValidationError`` naming
+    the field for a bad value or an unknown key in the file.
+    """
+    with _using_config_file(Path(config_file) if config_file is not None else None):
+        return SemclipSettings(**overrides)
+
+
+def settings_table() -> list[tuple[str, str, str, str]]:
+    """``(name, environment variable, default, description)`` per setting, for the README."""
+    rows = [
+        (
+            "config",
+            CONFIG_ENV_VAR,
+            "unset",
+            "TOML or YAML file with any of the settings below (field names as keys).",
+        )
+    ]
+    for name, field in SemclipSettings.model_fields.items():
+        env = _STANDARD_ENV.get(name, f"{ENV_PREFIX}{name.upper()}")
+        if name in _DERIVED_DEFAULTS:
+            default = _DERIVED_DEFAULTS[name]
+        elif field.default is None:
+            default = "unset"
+        else:
+            default = str(field.default)
+        rows.append((name, env, default, field.description or ""))
+    return rows
+
+
+@contextmanager
+def _using_config_file(path: Path | None) -> Iterator[None]:
+    token = _config_file_override.set(path)
+    try:
+        yield
+    finally:
+        _config_file_override.reset(token)
+
+
+def _config_file_from_env() -> Path | None:
+    value = os.environ.get(CONFIG_ENV_VAR, "").strip()
+    return Path(value) if value else None
+
+
+def _file_source(settings_cls: type[BaseSettings], path: Path) -> PydanticBaseSettingsSource:
+    path = path.expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"semclip config file {str(path)!r} (from {CONFIG_ENV_VAR}) does not exist"
+        )
+    suffix = path.suffix.lower()
+    if suffix == ".toml":
+        return TomlConfigSettingsSource(settings_cls, toml_file=path)
+    if suffix in (".yaml", ".yml"):
+        return YamlConfigSettingsSource(settings_cls, yaml_file=path)
+    raise ValueError(f"semclip config file {str(path)!r}: use a .toml, .yaml or .yml file")
+
+
+def _normalise_bucket(value: str) -> str:
+    """A bare path becomes an absolute ``file://`` URL; other URLs lose a trailing slash."""
+    value = value.strip()
+    parts = urlsplit(value)
+    if len(parts.scheme) <= 1:  # no scheme, or a Windows drive letter
+        return f"file://{Path(value).expanduser().resolve()}"
+    if parts.scheme == "file":
+        return f"file://{Path(parts.netloc + parts.path).expanduser().resolve()}"
+    if not parts.netloc:
+        raise ValueError(f"bucket URL {value!r} names no bucket")
+    return value.rstrip("/")
