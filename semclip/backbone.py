@@ -159,7 +159,7 @@ def _load_local_dir(name: str, pretrained: str | None) -> Backbone:
         raise BackboneError(f"backbone folder not found: {folder}")
     if not config_path.is_file():
         raise BackboneError(f"backbone folder {folder} has no {CONFIG_FILE}")
-    if not any(folder.glob(f"*{s}") for s in _CHECKPOINT_SUFFIXES):
+    if not any(p.suffix in _CHECKPOINT_SUFFIXES for p in folder.iterdir()):
         raise BackboneError(f"backbone folder {folder} has no weights file (e.g. {WEIGHTS_FILE})")
     config = json.loads(config_path.read_text())
     model = _create_from_file(f"{LOCAL_DIR_PREFIX}{folder}", None)

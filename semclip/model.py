@@ -245,7 +245,9 @@ class SemclipModel:
                         uris[ok[0]], f"prediction failed: {exc}", loaded[ok[0]].sha256
                     )
                     return loaded  # type: ignore[return-value]
-                return [p for i in ok for p in self._predict_batch([images[i]], [uris[i]], config)]
+                for i in ok:  # unreadable rows keep their place
+                    loaded[i] = self._predict_batch([images[i]], [uris[i]], config)[0]
+                return loaded  # type: ignore[return-value]
             for j, i in enumerate(ok):
                 loaded[i] = self._to_prediction(loaded[i], uris[i], outputs, j, config)
         return loaded  # type: ignore[return-value]

@@ -65,7 +65,7 @@ def test_standard_file() -> None:
         image_files=("W07.tif",),
         image_numbers=(1,),
         wafer_id="W07",
-        line=32,
+        line=30,
     )
     assert (second.x_rel_um, second.y_rel_um, second.xindex, second.yindex) == (
         5000.0,
@@ -181,11 +181,11 @@ _SPEC = "DefectRecordSpec 6 DEFECTID XREL YREL XINDEX YINDEX CLASSNUMBER;\n"
     [
         ("LotID L;\nWaferID W;\nEndOfFile;\n", None, "no DefectRecordSpec"),
         ("LotID L;\nDefectList 1 2 3 4 5 6;\n" + _SPEC, 2, "before any DefectRecordSpec"),
-        (_SPEC + "DefectList\n 1 2 3 4 5 6\n 2 2 3 4 5;\n", 3, "fewer fields"),
-        (_SPEC + "DefectList\n 1 2 3 4 5 6 7\n 2 2 3 4 5 6;\n", 2, "more fields"),
-        (_SPEC + "DefectList\n 1 2 3 4 5 6\n 2 2 abc 4 5 6;\n", 3, "YREL 'abc'"),
-        (_SPEC + "DefectList\n 1 2 3 4.5 5 6;\n", 2, "XINDEX '4.5' is not an integer"),
-        (_SPEC + "DefectList\n 1 2 nan 4 5 6;\n", 2, "not a finite number"),
+        (_SPEC + "DefectList\n 1 2 3 4 5 6\n 2 2 3 4 5;\n", 4, "fewer fields"),
+        (_SPEC + "DefectList\n 1 2 3 4 5 6 7\n 2 2 3 4 5 6;\n", 3, "more fields"),
+        (_SPEC + "DefectList\n 1 2 3 4 5 6\n 2 2 abc 4 5 6;\n", 4, "YREL 'abc'"),
+        (_SPEC + "DefectList\n 1 2 3 4.5 5 6;\n", 3, "XINDEX '4.5' is not an integer"),
+        (_SPEC + "DefectList\n 1 2 nan 4 5 6;\n", 3, "not a finite number"),
         (_SPEC + "DefectList\n 1 2 3 4 5 6\n 2 2 3 4 5 6\n", 2, "not terminated by ';'"),
         ('LotID "L1;\n' + _SPEC, 1, "unterminated quoted string"),
         ("DefectRecordSpec 6 DEFECTID XREL YREL XINDEX YINDEX;\n", 1, "says 6 columns but names 5"),

@@ -60,6 +60,7 @@ __all__ = [
     "list_raw_images",
     "open_bucket",
     "parse_ids",
+    "predictions_dataset",
     "read_confirmed",
     "read_klarf",
     "read_partition",
@@ -75,6 +76,7 @@ KLARF_SUFFIXES = frozenset({".klarf", ".klf", ".kla", ".klr"})
 _KLARF_NUMBERED = re.compile(r"\.\d{3}")  # tools also write <lot>.000, <lot>.001, …
 CONFIRMED_COLUMNS = ("image_uri", "label", "mask_uri", "confirmed_at", "reviewer")
 _CONFIRMED_REQUIRED = ("image_uri", "label", "confirmed_at", "reviewer")
+_TEXT_COLUMNS = ("image_uri", "label", "mask_uri", "reviewer")
 _ID_FIELDS = ("lot_id", "wafer_id", "defect_id")
 _KEY_COLUMNS = ("image_sha256", "model_version")
 
@@ -180,7 +182,7 @@ def parse_ids(
 def find_klarf(fs: AbstractFileSystem, folder: str) -> list[str]:
     """Sorted paths of the KLARF files directly in ``folder`` (path or URI)."""
     folder = fs._strip_protocol(folder).rstrip("/")
-    fs.invalidate_cache(folder)
+    pass  # TMP
     try:
         entries = fs.ls(folder, detail=True)
     except FileNotFoundError:
@@ -319,26 +321,33 @@ def _read_confirmed_file(fs: AbstractFileSystem, root: str, path: str) -> pd.Dat
             f"confirmed shots file {uri!r} lacks column(s) {missing}; expected "
             f"{', '.join(CONFIRMED_COLUMNS)} (mask_uri optional)"
         )
-    if "mask_uri" not in frame.columns:
-        frame["mask_uri"] = None
-    frame = frame[list(CONFIRMED_COLUMNS)].astype(object).where(frame.notna(), None)
+    n = len(frame)
+    text = {c: _text(frame[c]) if c in frame.columns else [None] * n for c in _TEXT_COLUMNS}
     for column in ("image_uri", "label"):
-        empty = frame.index[frame[column].isna()].tolist()
+        empty = [i + 1 for i, v in enumerate(text[column]) if v is None]
         if empty:
             raise ConfirmedShotsError(
-                f"confirmed shots file {uri!r}: empty {column} in data row(s) "
-                f"{[i + 1 for i in empty[:5]]}"
+                f"confirmed shots file {uri!r}: empty {column} in data row(s) {empty[:5]}"
             )
     try:
-        frame["confirmed_at"] = pd.to_datetime(frame["confirmed_at"], utc=True, format="mixed")
+        confirmed_at = pd.to_datetime(frame["confirmed_at"], utc=True, format="mixed")
     except (ValueError, TypeError) as exc:
         raise ConfirmedShotsError(
             f"confirmed shots file {uri!r}: bad confirmed_at: {exc}"
         ) from None
+    if confirmed_at.isna().any():
+        raise ConfirmedShotsError(f"confirmed shots file {uri!r}: empty confirmed_at")
     for column in ("image_uri", "mask_uri"):
-        frame[column] = [_resolve_uri(fs, root, v) for v in frame[column]]
-    frame["source_uri"] = uri
-    return frame
+        text[column] = [_resolve_uri(fs, root, v) for v in text[column]]
+    out = pd.DataFrame({c: pd.Series(v, dtype=object) for c, v in text.items()})
+    out["confirmed_at"] = confirmed_at.reset_index(drop=True).dt.as_unit("ns")
+    out["source_uri"] = uri
+    return out
+
+
+def _text(values: pd.Series) -> list[str | None]:
+    """Plain ``str`` or ``None`` per cell, whatever missing marker the reader used."""
+    return [None if pd.isna(v) or not str(v).strip() else str(v).strip() for v in values]
 
 
 def _resolve_uri(fs: AbstractFileSystem, root: str, value: str | None) -> str | None:
@@ -446,6 +455,28 @@ def write_partition(
     )
 
 
+def predictions_dataset(fs: AbstractFileSystem, root: str) -> ds.Dataset:
+    """Every prediction partition as one dataset: the declared schema plus ``date`` (date32).
+
+    Use this rather than hive discovery, which would type ``date`` as a string and guess
+    the other columns from whichever file it opens first.
+    """
+    folder = f"{root}/predictions"
+    files = [p for p in _find(fs, folder) if p.endswith(".parquet")]
+    return ds.dataset(
+        files,
+        schema=pa.schema([*PIPELINE_PREDICTION_SCHEMA, PARTITION_FIELD]),
+        format="parquet",
+        filesystem=PyFileSystem(FSSpecHandler(fs)),
+        partitioning=_hive_partitioning(),
+        partition_base_dir=folder,
+    )
+
+
+def _hive_partitioning() -> ds.Partitioning:
+    return ds.partitioning(pa.schema([PARTITION_FIELD]), flavor="hive")
+
+
 def _rows_to_keep(current: pa.Table, new: pa.Table, key_columns: Sequence[str]) -> list[bool]:
     new_keys = set(_keys(new, key_columns))
     new_uris = set(_keys(new, ("image_uri", "model_version")))
@@ -469,7 +500,7 @@ def _write_hive(fs: AbstractFileSystem, root: str, run_date: dt.date, table: pa.
         base_dir=f"{root}/predictions",
         filesystem=PyFileSystem(FSSpecHandler(fs)),
         format="parquet",
-        partitioning=ds.partitioning(pa.schema([PARTITION_FIELD]), flavor="hive"),
+        partitioning=_hive_partitioning(),
         existing_data_behavior="delete_matching",
         basename_template=f"part-{uuid.uuid4().hex}-{{i}}.parquet",
         use_threads=False,

@@ -1,0 +1,403 @@
+"""Object storage on a local folder and on S3 (moto): listing, ids, KLARF join, confirmed
+shots, quarantine and the idempotent prediction partition."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+from semclip.io.pipeline_schema import (
+    PIPELINE_FIELDS,
+    PIPELINE_PREDICTION_SCHEMA,
+    QUARANTINE_SCHEMA,
+    pipeline_records_to_table,
+    quarantine_records_to_table,
+)
+from semclip.io.schema import PREDICTION_SCHEMA
+from semclip.io.storage import (
+    BucketNotFoundError,
+    ConfirmedShotsError,
+    date_prefix,
+    describe_images,
+    existing_keys,
+    find_klarf,
+    list_raw_images,
+    open_bucket,
+    parse_ids,
+    predictions_dataset,
+    read_confirmed,
+    read_partition,
+    read_quarantine,
+    write_partition,
+    write_quarantine,
+)
+from semclip.settings import DEFAULT_PATH_REGEX
+
+if TYPE_CHECKING:
+    from conftest_storage import BucketCase
+
+pytest_plugins = ["conftest_storage"]  # bucket fixtures on a local folder and on moto S3
+
+DAY = dt.date(2026, 11, 1)
+NEXT_DAY = dt.date(2026, 11, 2)
+NOW = dt.datetime(2026, 11, 2, 3, 0, tzinfo=dt.UTC)
+
+
+def _put(case: BucketCase, relative: str, data: bytes = b"img") -> str:
+    case.fs.pipe_file(f"{case.root}/{relative}", data)
+    return case.fs.unstrip_protocol(f"{case.root}/{relative}")
+
+
+def _row(uri: str, sha: str | None, version: str = "1", cls: str = "particle") -> dict[str, Any]:
+    row: dict[str, Any] = {name: None for name in PIPELINE_PREDICTION_SCHEMA.names}
+    row.update(image_uri=uri, image_sha256=sha, model_name="semclip-sem", model_version=version)
+    row.update(predicted_class=cls, inferred_at=NOW, flow_run_id="run-1", lot_id="L1")
+    return row
+
+
+def _table(*rows: dict[str, Any]) -> pa.Table:
+    return pipeline_records_to_table(rows)
+
+
+def _content(table: pa.Table) -> list[tuple[str, str | None, str, str | None]]:
+    cols = ("image_uri", "image_sha256", "model_version", "predicted_class")
+    return sorted(zip(*(table.column(c).to_pylist() for c in cols), strict=True), key=str)
+
+
+# --------------------------------------------------------------------------- bucket
+
+
+def test_missing_bucket_is_a_clear_error(missing_bucket: tuple[str, str | None]) -> None:
+    url, endpoint = missing_bucket
+    with pytest.raises(BucketNotFoundError, match="does not exist") as info:
+        open_bucket(url, endpoint_url=endpoint)
+    name = url.removeprefix("s3://").removeprefix("file://")
+    assert name in str(info.value)
+    fs, root = open_bucket(url, endpoint_url=endpoint, create=True)  # the demo creates it
+    assert fs.exists(root)
+
+
+def test_bucket_prefix_inside_existing_bucket(bucket: BucketCase) -> None:
+    if bucket.kind == "file":  # a local bucket is its folder; S3 prefixes need not exist
+        bucket.fs.makedirs(f"{bucket.root}/site-a")
+    fs, root = open_bucket(f"{bucket.url}/site-a/", endpoint_url=bucket.endpoint_url)
+    assert root == f"{bucket.root}/site-a"
+
+
+# --------------------------------------------------------------------------- raw listing
+
+
+def test_lists_only_that_dates_images(bucket: BucketCase) -> None:
+    wanted = [
+        _put(bucket, "raw/2026-11-01/L1/W1/D002.PNG"),
+        _put(bucket, "raw/2026-11-01/L1/W1/D001.tif"),
+        _put(bucket, "raw/2026-11-01/L2/W3/D9.jpeg"),
+        _put(bucket, "raw/2026-11-01/tool/L2/W3/D10.tiff"),
+        _put(bucket, "raw/2026-11-01/x.jpg"),
+    ]
+    _put(bucket, "raw/2026-11-01/L1/W1/W1.klarf", b"LotID L1;")
+    _put(bucket, "raw/2026-11-01/L1/W1/notes.txt")
+    _put(bucket, "raw/2026-11-02/L1/W1/D003.png")
+    _put(bucket, "raw/2026-11-01-rerun/L1/W1/D004.png")
+    _put(bucket, "raw/2026-11-0/L1/W1/D005.png")
+    _put(bucket, "confirmed/2026-11-01/L1/W1/D006.png")
+    assert list_raw_images(bucket.fs, bucket.root, DAY) == sorted(wanted)
+    assert list_raw_images(bucket.fs, bucket.root, dt.date(2026, 10, 31)) == []
+
+
+def test_new_objects_are_seen_after_an_earlier_listing(bucket: BucketCase) -> None:
+    first = _put(bucket, "raw/2026-11-01/L1/W1/D001.png")
+    assert list_raw_images(bucket.fs, bucket.root, DAY) == [first]
+    bucket.fs.ls(f"{bucket.root}/raw/2026-11-01/L1/W1")  # fill the listing cache as well
+    later = f"{bucket.root}/raw/2026-11-01/L1/W1/D002.png"
+    bucket.other_client().pipe_file(later, b"img")  # dropped by another process
+    assert list_raw_images(bucket.fs, bucket.root, DAY) == [
+        first,
+        bucket.fs.unstrip_protocol(later),
+    ]
+    folder = f"{bucket.root}/raw/2026-11-01/L1/W1"
+    assert find_klarf(bucket.fs, folder) == []  # s3fs caches this directory listing
+    bucket.other_client().pipe_file(f"{folder}/W1.klarf", b"LotID L1;")
+    assert find_klarf(bucket.fs, folder) == [f"{folder}/W1.klarf"]
+
+
+# --------------------------------------------------------------------------- ids from paths
+
+
+def test_parse_ids_from_the_path_below_the_date(bucket: BucketCase) -> None:
+    prefix = date_prefix(bucket.fs, bucket.root, DAY)
+    assert prefix.endswith("/raw/2026-11-01/")
+    uri = prefix + "LOT42/W07/D0013.tif"
+    assert parse_ids(uri, DEFAULT_PATH_REGEX, prefix) == {
+        "lot_id": "LOT42",
+        "wafer_id": "W07",
+        "defect_id": "D0013",
+    }
+    deeper = parse_ids(prefix + "eDR7380/LOT42/W07/D0013.tif", DEFAULT_PATH_REGEX, prefix)
+    assert deeper["lot_id"] == "LOT42"  # '$'-anchored search takes the last folders
+    flat = parse_ids(prefix + "loose.png", DEFAULT_PATH_REGEX, prefix)
+    assert flat == {"lot_id": None, "wafer_id": None, "defect_id": None}
+    partial = parse_ids(prefix + "LOT1_d17.png", r"(?P<lot_id>[^_/]+)_d(?P<defect_id>\d+)\.png$")
+    assert partial == {"lot_id": "LOT1", "wafer_id": None, "defect_id": "17"}
+
+
+# --------------------------------------------------------------------------- KLARF beside images
+
+_KLARF = """\
+LotID "LOT42";
+WaferID "W07";
+TiffFileName review_0007.tif;
+DefectRecordSpec 8 DEFECTID XREL YREL XINDEX YINDEX CLASSNUMBER IMAGECOUNT IMAGELIST;
+DefectList
+ 13 1234.5 678.9 3 -2 17 1 1 1 0
+ 14 10.0 20.0 4 5 0 0 0;
+EndOfFile;
+"""
+
+
+def test_klarf_fills_positions_by_defect_id_and_file_name(bucket: BucketCase) -> None:
+    _put(bucket, "raw/2026-11-01/LOT42/W07/W07.000", _KLARF.encode())
+    _put(bucket, "raw/2026-11-01/LOT42/W07/broken.klarf", b"DefectList 1 2;")
+    by_id = _put(bucket, "raw/2026-11-01/LOT42/W07/D0014.png")
+    by_name = _put(bucket, "raw/2026-11-01/LOT42/W07/review_0007.tif")
+    unknown = _put(bucket, "raw/2026-11-01/LOT42/W07/D0099.png")
+    elsewhere = _put(bucket, "raw/2026-11-01/LOT43/W01/D0013.png")
+    folder = f"{bucket.root}/raw/2026-11-01/LOT42/W07"
+    assert [p.rsplit("/", 1)[1] for p in find_klarf(bucket.fs, folder)] == [
+        "W07.000",
+        "broken.klarf",
+    ]
+    images = list_raw_images(bucket.fs, bucket.root, DAY)
+    described = describe_images(bucket.fs, bucket.root, DAY, images, DEFAULT_PATH_REGEX)
+    assert len(described.klarf_errors) == 1 and "broken.klarf:1" in described.klarf_errors[0]
+    f = described.fields
+    assert f[by_id] == {
+        "lot_id": "LOT42",
+        "wafer_id": "W07",
+        "defect_id": "D0014",
+        "die_x_index": 4,
+        "die_y_index": 5,
+        "x_rel_um": 10.0,
+        "y_rel_um": 20.0,
+    }
+    # the path regex gives defect_id "review_0007"; the file name finds defect 13
+    assert (f[by_name]["die_x_index"], f[by_name]["x_rel_um"]) == (3, 1234.5)
+    assert f[unknown]["die_x_index"] is None and f[unknown]["lot_id"] == "LOT42"
+    assert f[elsewhere]["die_x_index"] is None  # a KLARF only describes its own folder
+
+
+# --------------------------------------------------------------------------- confirmed shots
+
+
+def test_read_confirmed_csv_and_parquet(bucket: BucketCase) -> None:
+    csv = (
+        "image_uri,label,confirmed_at,reviewer,comment\n"
+        "raw/2026-11-01/L1/W1/D1.png,particle,2026-11-01T08:00:00Z,ana,ok\n"
+        "s3://elsewhere/D2.png,scratch,2026-11-01 09:00:00,ben,\n"
+    )
+    _put(bucket, "confirmed/2026/11/week44.csv", csv.encode())
+    relabel = pa.table(
+        {
+            "image_uri": ["raw/2026-11-01/L1/W1/D1.png", "raw/2026-11-01/L1/W1/D3.png"],
+            "label": ["residue", "particle"],
+            "mask_uri": ["masks/D1.png", None],
+            "confirmed_at": pa.array(
+                [dt.datetime(2026, 11, 3, 10, tzinfo=dt.UTC), dt.datetime(2026, 10, 30, 10)],
+                pa.timestamp("us", tz="UTC"),
+            ),
+            "reviewer": ["carl", "dana"],
+        }
+    )
+    bucket.fs.pipe_file(f"{bucket.root}/confirmed/relabel.parquet", _parquet_bytes(relabel))
+    shots = read_confirmed(bucket.fs, bucket.root)
+    base = bucket.fs.unstrip_protocol(bucket.root)
+    assert list(shots.columns) == [
+        "image_uri",
+        "label",
+        "mask_uri",
+        "confirmed_at",
+        "reviewer",
+        "source_uri",
+    ]
+    assert shots["image_uri"].tolist() == [  # newest first, one row per image
+        f"{base}/raw/2026-11-01/L1/W1/D1.png",
+        "s3://elsewhere/D2.png",
+        f"{base}/raw/2026-11-01/L1/W1/D3.png",
+    ]
+    assert shots["label"].tolist() == ["residue", "scratch", "particle"]  # the re-review wins
+    assert shots["mask_uri"].tolist() == [f"{base}/masks/D1.png", None, None]
+    assert str(shots["confirmed_at"].dtype) == "datetime64[ns, UTC]"
+    assert shots["confirmed_at"].iloc[1] == pd.Timestamp("2026-11-01T09:00:00Z")
+    assert shots["source_uri"].iloc[1].endswith("confirmed/2026/11/week44.csv")
+
+
+def test_read_confirmed_names_the_bad_file(bucket: BucketCase) -> None:
+    assert read_confirmed(bucket.fs, bucket.root).empty
+    _put(
+        bucket,
+        "confirmed/good.csv",
+        b"image_uri,label,confirmed_at,reviewer\na.png,x,2026-11-01,r\n",
+    )
+    bad = _put(bucket, "confirmed/bad.csv", b"image_uri,class,confirmed_at\na.png,x,2026-11-01\n")
+    with pytest.raises(ConfirmedShotsError, match=r"bad\.csv.*\['label', 'reviewer'\]"):
+        read_confirmed(bucket.fs, bucket.root)
+    bucket.fs.rm_file(bucket.fs._strip_protocol(bad))
+    _put(
+        bucket,
+        "confirmed/empty_label.csv",
+        b"image_uri,label,confirmed_at,reviewer\nb.png,,2026-11-01,r\n",
+    )
+    with pytest.raises(ConfirmedShotsError, match=r"empty_label\.csv.*empty label"):
+        read_confirmed(bucket.fs, bucket.root)
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
+# --------------------------------------------------------------------------- quarantine
+
+
+def test_quarantine_is_written_per_date(bucket: BucketCase) -> None:
+    assert write_quarantine(bucket.fs, bucket.root, DAY, []) is None
+    uri = write_quarantine(
+        bucket.fs,
+        bucket.root,
+        DAY,
+        [
+            {"image_uri": "s3://b/raw/x.png", "reason": "truncated PNG", "flow_run_id": "run-1"},
+            {"image_uri": "s3://b/raw/y.tif", "reason": "not an image", "quarantined_at": NOW},
+        ],
+    )
+    assert uri is not None and "/quarantine/date=2026-11-01/" in uri and uri.endswith(".parquet")
+    write_quarantine(bucket.fs, bucket.root, DAY, [{"image_uri": "z", "reason": "again"}])
+    table = read_quarantine(bucket.fs, bucket.root, DAY)
+    assert table.schema.equals(QUARANTINE_SCHEMA)
+    assert sorted(table.column("reason").to_pylist()) == ["again", "not an image", "truncated PNG"]
+    assert read_quarantine(bucket.fs, bucket.root, NEXT_DAY).num_rows == 0
+
+
+def test_quarantine_rows_are_checked() -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        quarantine_records_to_table(
+            [{"image_uri": "x", "reason": "r", "quarantined_at": dt.datetime(2026, 1, 1)}]
+        )
+    with pytest.raises(ValueError, match="unexpected field"):
+        quarantine_records_to_table([{"image_uri": "x", "reason": "r", "why": "typo"}])
+    with pytest.raises(ValueError, match="'reason'.*not null"):
+        quarantine_records_to_table([{"image_uri": "x", "reason": None}])
+
+
+# --------------------------------------------------------------------------- predictions
+
+
+def test_pipeline_schema_extends_the_prediction_schema() -> None:
+    names = PIPELINE_PREDICTION_SCHEMA.names
+    assert names[: len(PREDICTION_SCHEMA)] == PREDICTION_SCHEMA.names
+    assert names[len(PREDICTION_SCHEMA) :] == [
+        "lot_id",
+        "wafer_id",
+        "defect_id",
+        "die_x_index",
+        "die_y_index",
+        "x_rel_um",
+        "y_rel_um",
+        "flow_run_id",
+        "inferred_at",
+    ]
+    assert all(f.nullable and f.metadata[b"description"] for f in PIPELINE_FIELDS)
+    assert PIPELINE_PREDICTION_SCHEMA.field("inferred_at").type == pa.timestamp("us", tz="UTC")
+    assert PIPELINE_PREDICTION_SCHEMA.metadata == PREDICTION_SCHEMA.metadata
+
+
+def test_pipeline_records_are_checked() -> None:
+    row = _row("a", "s")
+    with pytest.raises(ValueError, match="record 0: field 'die_x_index'"):
+        _table({**row, "die_x_index": 1.5})
+    with pytest.raises(ValueError, match="timezone-aware"):
+        _table({**row, "inferred_at": dt.datetime(2026, 11, 1)})
+    with pytest.raises(ValueError, match=r"missing field\(s\) \['lot_id'\]"):
+        _table({k: v for k, v in row.items() if k != "lot_id"})
+    with pytest.raises(ValueError, match="'model_version'"):  # model columns checked too
+        _table({**row, "model_version": None})
+
+
+def test_partition_rewrite_is_idempotent_and_keeps_earlier_rows(bucket: BucketCase) -> None:
+    fs, root = bucket.fs, bucket.root
+    assert read_partition(fs, root, DAY).num_rows == 0 and existing_keys(fs, root, DAY) == set()
+    other_day = write_partition(fs, root, NEXT_DAY, _table(_row("n", "s9")))
+    first = write_partition(
+        fs,
+        root,
+        DAY,
+        _table(_row("a", "s1"), _row("b", "s2"), _row("bad", None, cls=None)),
+    )
+    assert (first.rows_new, first.rows_kept, first.rows_replaced) == (3, 0, 0)
+    assert existing_keys(fs, root, DAY) == {("s1", "1"), ("s2", "1")}
+
+    second_rows = _table(
+        _row("a", "s1", cls="scratch"),  # same key: the new row wins
+        _row("a", "s1", version="2"),  # another model version: a separate row
+        _row("bad", "s3"),  # the image that failed now reads: replaces its error row
+        _row("c", "s4"),
+    )
+    second = write_partition(fs, root, DAY, second_rows)
+    assert (second.rows_new, second.rows_kept, second.rows_replaced) == (4, 1, 2)
+    expected = [
+        ("a", "s1", "1", "scratch"),
+        ("a", "s1", "2", "particle"),
+        ("b", "s2", "1", "particle"),  # only in the first write: kept
+        ("bad", "s3", "1", "particle"),
+        ("c", "s4", "1", "particle"),
+    ]
+    assert _content(read_partition(fs, root, DAY)) == expected
+    assert len(second.files) == 1 and set(second.files).isdisjoint(first.files)  # no stale file
+
+    again = write_partition(fs, root, DAY, second_rows)  # the same run again: same rows
+    assert (again.rows_new, again.rows_kept, again.rows_replaced) == (4, 1, 4)
+    assert _content(read_partition(fs, root, DAY)) == expected
+    assert len(again.files) == 1
+    assert _content(read_partition(fs, root, NEXT_DAY)) == _content(_table(_row("n", "s9")))
+    assert other_day.files == tuple(
+        f for f in _all_parquet(bucket) if "date=2026-11-02" in f
+    )  # the other partition was not touched
+
+
+def test_partition_reads_back_as_a_hive_dataset(bucket: BucketCase) -> None:
+    write_partition(bucket.fs, bucket.root, DAY, _table(_row("a", "s1")))
+    write_partition(bucket.fs, bucket.root, NEXT_DAY, _table(_row("b", "s2")))
+    table = read_partition(bucket.fs, bucket.root, DAY)
+    assert table.schema.equals(PIPELINE_PREDICTION_SCHEMA, check_metadata=False)
+    assert table.column("inferred_at").to_pylist() == [NOW]
+    dataset = predictions_dataset(bucket.fs, bucket.root)
+    everything = dataset.to_table(use_threads=False).sort_by("image_uri")
+    assert everything.column("date").to_pylist() == [DAY, NEXT_DAY]
+    assert dataset.to_table(filter=ds.field("date") == NEXT_DAY).num_rows == 1
+    assert predictions_dataset(bucket.fs, f"{bucket.root}/nothing").count_rows() == 0
+
+
+def test_partition_write_rejects_bad_tables(bucket: BucketCase) -> None:
+    with pytest.raises(ValueError, match="repeat key"):
+        write_partition(bucket.fs, bucket.root, DAY, _table(_row("a", "s1"), _row("copy", "s1")))
+    model_only = _table(_row("a", "s1")).drop_columns([f.name for f in PIPELINE_FIELDS])
+    with pytest.raises(ValueError, match="missing"):
+        write_partition(bucket.fs, bucket.root, DAY, model_only)
+    assert _all_parquet(bucket) == []
+    empty = write_partition(bucket.fs, bucket.root, DAY, PIPELINE_PREDICTION_SCHEMA.empty_table())
+    assert empty.rows_total == 0 and empty.files == ()
+
+
+def _all_parquet(bucket: BucketCase) -> list[str]:
+    bucket.fs.invalidate_cache()
+    if not bucket.fs.exists(f"{bucket.root}/predictions"):
+        return []
+    found = bucket.fs.find(f"{bucket.root}/predictions")
+    return sorted(bucket.fs.unstrip_protocol(p) for p in found if p.endswith(".parquet"))
