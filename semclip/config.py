@@ -17,6 +17,7 @@ class FitConfig:
     min_steps: int = 60  # lower bound on optimiser steps (tiny support sets)
     max_steps: int = 400  # upper bound on optimiser steps (large support sets)
     batch_size: int = 32  # cached feature entries per step
+    train_patches: int = 96  # patch tokens sampled per step (0 = all): the cost is per token
     lr: float = 1e-3  # Adam (the paper's optimiser)
     weight_decay: float = 1e-4  # Adam L2; keeps the few-shot head from over-confident weights
     focal_gamma: float = 2.0  # focal loss focusing parameter

@@ -41,8 +41,16 @@ class SemclipHeads(nn.Module):
         return len(self.transforms)
 
     def stage_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Z_i = W_i ln_post(F_v^i) for every stage: (B, m, N, width) → (B, m, N, embed)."""
-        return torch.stack([w(tokens[:, i]) for i, w in enumerate(self.transforms)], dim=1)
+        """Z_i = W_i ln_post(F_v^i) for every stage: (B, m, N, width) → (B, m, N, embed).
+
+        One batched matmul over the stages instead of m separate linear layers.
+        """
+        b, m, n, width = tokens.shape
+        weight = torch.stack([w.weight for w in self.transforms])  # (m, embed, width)
+        bias = torch.stack([w.bias for w in self.transforms])  # (m, embed)
+        x = tokens.transpose(0, 1).reshape(m, b * n, width)  # (m, B·N, width)
+        z = torch.baddbmm(bias[:, None, :], x, weight.transpose(1, 2))  # (m, B·N, embed)
+        return z.view(m, b, n, -1).transpose(0, 1)
 
     def patch_logits(self, tokens: torch.Tensor) -> torch.Tensor:
         """Per-stage patch class logits (B, m, P, K) (eq. 9-10), CLS dropped."""

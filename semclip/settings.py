@@ -41,8 +41,9 @@ CONFIG_ENV_VAR = "SEMCLIP_CONFIG"
 ID_GROUPS = ("lot_id", "wafer_id", "defect_id")
 DEFAULT_PATH_REGEX = r"(?P<lot_id>[^/]+)/(?P<wafer_id>[^/]+)/(?P<defect_id>[^/.]+)\.[^/]+$"
 
-# Defaults computed from `home` when the settings are built, shown this way in the table.
+# Defaults as the README shows them (those under `home` are computed when settings are built).
 _DERIVED_DEFAULTS = {
+    "home": "./.semclip",
     "bucket": "file://$SEMCLIP_HOME/bucket",
     "mlflow_tracking_uri": "sqlite:///$SEMCLIP_HOME/mlflow.db",
     "prefect_home": "$SEMCLIP_HOME/prefect",

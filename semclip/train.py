@@ -83,7 +83,8 @@ def fit_heads(
         if len(order) < min(config.batch_size, n):
             order = torch.cat([order, torch.randperm(n, generator=gen)])
         idx, order = order[: config.batch_size], order[config.batch_size :]
-        loss, _ = support_loss(heads, support, idx, good_index, config, device)
+        patches = sample_patches(support.patch_target.shape[1], config.train_patches, gen)
+        loss, _ = support_loss(heads, support, idx, patches, good_index, config, device)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -91,23 +92,38 @@ def fit_heads(
     return heads
 
 
+def sample_patches(n_patches: int, n_sample: int, gen: torch.Generator) -> torch.Tensor:
+    """Random patch indices for one step (all when n_sample is 0 or ≥ P), sorted."""
+    if n_sample <= 0 or n_sample >= n_patches:
+        return torch.arange(n_patches)
+    return torch.randperm(n_patches, generator=gen)[:n_sample].sort().values
+
+
 def support_loss(
     heads: SemclipHeads,
     support: SupportTensors,
     idx: torch.Tensor,
+    patches: torch.Tensor,
     good_index: int,
     config: FitConfig,
     device: torch.device,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """focal + dice on per-stage patch class maps (entries with known pixels), CE on the head."""
-    tokens = support.feats.tokens[idx].to(device).float()  # (B, m, 1+P, width)
+    """focal + dice on per-stage patch class maps (entries with known pixels), CE on the head.
+
+    Only the sampled `patches` enter the pixel losses: the transformation layers' cost is per
+    token, and a random subset each step sees every patch over the epochs.
+    """
+    tokens = support.feats.tokens[idx][
+        :, :, torch.cat([torch.zeros(1, dtype=torch.long), patches + 1])
+    ]
+    tokens = tokens.to(device).float()  # (B, m, 1+p, width), CLS first
     labels = support.labels[idx].to(device)
     ce = F.cross_entropy(heads.head_logits(tokens), labels)
     pix = support.has_mask[idx].to(device)
     if not bool(pix.any()):
         return config.ce_weight * ce, {"ce": ce.item()}
     logp = heads.patch_logits(tokens[pix]).log_softmax(dim=-1)  # (b, m, P, K)
-    frac = support.patch_target[idx].to(device)[pix]  # (b, P)
+    frac = support.patch_target[idx][:, patches].to(device)[pix]  # (b, p)
     target = torch.zeros_like(logp[:, 0])  # (b, P, K) soft per-patch class distribution
     target[..., good_index] = 1.0 - frac
     target.scatter_add_(

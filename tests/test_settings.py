@@ -152,7 +152,7 @@ def test_table_lists_every_setting_with_env_default_and_description() -> None:
     )
     assert rows["s3_endpoint_url"][:2] == ("AWS_ENDPOINT_URL_S3", "unset")
     assert rows["batch_size"][:2] == ("SEMCLIP_BATCH_SIZE", "32")
-    assert rows["home"][1] == ".semclip"
+    assert rows["home"][1] == "./.semclip"
 
 
 def test_library_modules_import_neither_prefect_nor_mlflow() -> None:

@@ -17,6 +17,7 @@ COMMANDS: tuple[str, ...] = (
     "semclip.cli.fit_cmd",
     "semclip.cli.predict_cmd",
     "semclip.cli.synth_cmd",
+    "semclip.cli.demo_cmd",
 )
 
 

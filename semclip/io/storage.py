@@ -126,7 +126,9 @@ def open_bucket(url: str, *, endpoint_url: str | None = None, create: bool = Fal
     """Open ``url`` (``file://…``, ``s3://bucket[/prefix]`` or a local path) with fsspec.
 
     Raises :class:`BucketNotFoundError` naming the bucket when it does not exist, unless
-    ``create`` (the local demo) makes it. ``endpoint_url`` points s3fs at MinIO/Ceph/moto.
+    ``create`` (the local demo) makes it; failing here beats failing on the first write
+    after a night of inference. ``endpoint_url`` points s3fs at MinIO/Ceph/moto. A local
+    bucket is its folder; on S3 the bucket must exist, a prefix inside it need not.
     """
     protocol = fsspec.utils.get_protocol(url)
     options: dict[str, Any] = {}
@@ -134,18 +136,24 @@ def open_bucket(url: str, *, endpoint_url: str | None = None, create: bool = Fal
         options["endpoint_url"] = endpoint_url
     elif protocol in ("file", "local"):
         options["auto_mkdir"] = True  # behave like an object store: writing makes the folders
-    fs = fsspec.filesystem(protocol, **options)
-    root = fs._strip_protocol(url).rstrip("/")
+    fs, root = fsspec.core.url_to_fs(url, **options)
+    root = root.rstrip("/")
+    is_s3 = protocol == "s3"
+    container = root.split("/", 1)[0] if is_s3 else root
     fs.invalidate_cache()
-    container = root.split("/", 1)[0] if protocol == "s3" else root
-    if not fs.exists(container):
-        if not create:
-            where = f" at {endpoint_url}" if "endpoint_url" in options else ""
-            raise BucketNotFoundError(
-                f"bucket {fs.unstrip_protocol(container)!r}{where} does not exist; create it "
-                "or point SEMCLIP_BUCKET at an existing one"
-            )
-        fs.mkdir(container) if protocol == "s3" else fs.makedirs(container, exist_ok=True)
+    if fs.exists(container):
+        return Bucket(fs, root)
+    if not create:
+        where = f" at {endpoint_url}" if is_s3 and endpoint_url else ""
+        hint = " (or these credentials cannot see it)" if is_s3 else ""
+        raise BucketNotFoundError(
+            f"bucket {fs.unstrip_protocol(container)!r}{where} does not exist{hint}; "
+            "create it or point SEMCLIP_BUCKET at an existing one"
+        )
+    if is_s3:
+        fs.mkdir(container)
+    else:
+        fs.makedirs(container, exist_ok=True)
     return Bucket(fs, root)
 
 
@@ -182,7 +190,7 @@ def parse_ids(
 def find_klarf(fs: AbstractFileSystem, folder: str) -> list[str]:
     """Sorted paths of the KLARF files directly in ``folder`` (path or URI)."""
     folder = fs._strip_protocol(folder).rstrip("/")
-    pass  # TMP
+    fs.invalidate_cache(folder)
     try:
         entries = fs.ls(folder, detail=True)
     except FileNotFoundError:

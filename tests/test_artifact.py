@@ -1,0 +1,158 @@
+"""Model directories: save/load round trip, backbone pointer, lineage, incompatible formats."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from semclip import (
+    Dataset,
+    IncompatibleModelError,
+    Prediction,
+    SemclipModel,
+    load_model,
+    save_model,
+)
+from semclip.artifact import BACKBONE_DIR, FORMAT_VERSION, HEADS_FILE, MODEL_FILE
+
+
+@pytest.fixture(scope="module")
+def saved_dir(fitted_model: SemclipModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_model(fitted_model, tmp_path_factory.mktemp("artifact") / "model")
+
+
+@pytest.fixture(scope="module")
+def reference(fitted_model: SemclipModel, query_paths: list[Path]) -> list[Prediction]:
+    return fitted_model.predict(query_paths[:4])
+
+
+def _assert_same_predictions(got: list[Prediction], want: list[Prediction]) -> None:
+    assert len(got) == len(want)
+    for a, b in zip(got, want, strict=True):
+        assert a.ok and a.predicted_class == b.predicted_class
+        np.testing.assert_allclose(
+            list(a.probabilities.values()), list(b.probabilities.values()), atol=1e-5
+        )
+        assert a.anomaly_score == pytest.approx(b.anomaly_score, abs=1e-5)
+        assert a.mask_rle == b.mask_rle
+
+
+def _edit_meta(src: Path, dst: Path, **changes: object) -> Path:
+    shutil.copytree(src, dst)
+    meta = json.loads((dst / MODEL_FILE).read_text())
+    meta.update(changes)
+    (dst / MODEL_FILE).write_text(json.dumps(meta))
+    return dst
+
+
+def test_save_writes_a_self_contained_directory(saved_dir: Path) -> None:
+    assert (saved_dir / MODEL_FILE).is_file() and (saved_dir / HEADS_FILE).is_file()
+    assert (saved_dir / BACKBONE_DIR).is_dir()
+    assert not saved_dir.with_name(saved_dir.name + ".tmp").exists()
+    meta = json.loads((saved_dir / MODEL_FILE).read_text())
+    assert meta["format"] == "semclip-model" and meta["format_version"] == FORMAT_VERSION
+    assert meta["backbone"]["random_weights"] is True
+
+
+def test_round_trip_predicts_the_same(
+    saved_dir: Path,
+    fitted_model: SemclipModel,
+    query_paths: list[Path],
+    reference: list[Prediction],
+) -> None:
+    loaded = load_model(saved_dir, device="cpu")
+    assert loaded.classes == fitted_model.classes
+    assert loaded.calibration == fitted_model.calibration
+    assert loaded.preprocess == fitted_model.preprocess
+    assert loaded.fit_config == fitted_model.fit_config
+    assert loaded.predict_config == fitted_model.predict_config
+    assert loaded.prompts == fitted_model.prompts
+    assert (loaded.name, loaded.version) == (fitted_model.name, fitted_model.version)
+    want, got = fitted_model.heads.state_dict(), loaded.heads.state_dict()
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+    _assert_same_predictions(loaded.predict(query_paths[:4]), reference)
+
+
+def test_random_weights_stay_flagged(saved_dir: Path) -> None:
+    loaded = load_model(saved_dir, device="cpu")
+    assert loaded.backbone.random_weights is True
+    assert "RANDOM WEIGHTS" in loaded.backbone.describe()
+    assert loaded.backbone.name == "semclip-tiny"
+
+
+def test_lineage_records_seed_support_and_versions(
+    saved_dir: Path, support_split: tuple[Dataset, Dataset]
+) -> None:
+    lineage = load_model(saved_dir, device="cpu").lineage
+    assert lineage["seed"] == 0
+    assert lineage["random_backbone"] is True
+    assert lineage["shots_per_class"] == {"good": 2, "bridge": 2, "particle": 2, "scratch": 2}
+    support = support_split[0].samples
+    assert [s["uri"] for s in lineage["support"]] == [str(s.image) for s in support]
+    assert [s["sha256"] for s in lineage["support"]] == [
+        hashlib.sha256(s.image.read_bytes()).hexdigest() for s in support
+    ]
+    assert [s["label"] for s in lineage["support"]] == [s.label for s in support]
+    assert set(lineage["versions"]) >= {"semclip", "torch", "open_clip", "numpy"}
+    assert lineage["versions"]["torch"] == torch.__version__
+
+
+def test_backbone_pointer_loads_and_predicts_the_same(
+    fitted_model: SemclipModel,
+    query_paths: list[Path],
+    reference: list[Prediction],
+    tmp_path: Path,
+) -> None:
+    path = save_model(fitted_model, tmp_path / "pointer", include_backbone=False)
+    assert not (path / BACKBONE_DIR).exists()
+    info = json.loads((path / MODEL_FILE).read_text())["backbone"]
+    assert info["name"] == "semclip-tiny" and info["pretrained"] is None and info["state_sha256"]
+    loaded = load_model(path, device="cpu")
+    assert loaded.backbone.random_weights is True
+    _assert_same_predictions(loaded.predict(query_paths[:4]), reference)
+
+
+def test_backbone_pointer_with_other_weights_is_refused(
+    fitted_model: SemclipModel, tmp_path: Path
+) -> None:
+    path = save_model(fitted_model, tmp_path / "pointer", include_backbone=False)
+    meta = json.loads((path / MODEL_FILE).read_text())
+    meta["backbone"]["state_sha256"] = "0" * 64
+    (path / MODEL_FILE).write_text(json.dumps(meta))
+    with pytest.raises(IncompatibleModelError, match="weights found there differ"):
+        load_model(path, device="cpu")
+
+
+def test_other_format_version_is_refused(saved_dir: Path, tmp_path: Path) -> None:
+    old = _edit_meta(saved_dir, tmp_path / "old", format_version=FORMAT_VERSION + 98)
+    with pytest.raises(IncompatibleModelError, match=f"format version {FORMAT_VERSION + 98}"):
+        load_model(old, device="cpu")
+
+
+def test_not_a_model_directory(saved_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(IncompatibleModelError, match=MODEL_FILE):
+        load_model(tmp_path, device="cpu")  # exists, no model.json
+    with pytest.raises(IncompatibleModelError, match=MODEL_FILE):
+        load_model(tmp_path / "nowhere", device="cpu")
+    foreign = _edit_meta(saved_dir, tmp_path / "foreign", format="something-else")
+    with pytest.raises(IncompatibleModelError, match="not a semclip model"):
+        load_model(foreign, device="cpu")
+    garbled = tmp_path / "garbled"
+    shutil.copytree(saved_dir, garbled)
+    (garbled / MODEL_FILE).write_text("{not json")
+    with pytest.raises(IncompatibleModelError, match="not valid JSON"):
+        load_model(garbled, device="cpu")
+
+
+def test_save_replaces_an_existing_directory(fitted_model: SemclipModel, tmp_path: Path) -> None:
+    target = tmp_path / "m"
+    target.mkdir()
+    (target / "stale.txt").write_text("old")
+    save_model(fitted_model, target)
+    assert not (target / "stale.txt").exists() and (target / MODEL_FILE).is_file()

@@ -1,0 +1,166 @@
+"""The `semclip` command: fit and predict in-process, --help through the console script."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from semclip import load_model
+from semclip.cli import main
+from semclip.io.schema import validate_table
+
+
+@pytest.fixture(scope="module")
+def model_dir(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "model"
+    args = ["fit", "--data", str(synth_dir), "--shots", "2", "--seed", "0"]
+    assert main([*args, "--backbone", "semclip-tiny", "--out", str(out)]) == 0
+    return out
+
+
+def test_fit_writes_a_loadable_model(model_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    model = load_model(model_dir, device="cpu")
+    assert model.classes == ("good", "bridge", "particle", "scratch")
+    assert model.lineage["seed"] == 0 and model.backbone.random_weights
+    assert model.lineage["shots_per_class"] == {"good": 2, "bridge": 2, "particle": 2, "scratch": 2}
+    assert model.calibration.method == "cross-validation"
+
+
+def test_predict_writes_parquet_with_error_rows(
+    model_dir: Path, synth_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    images = sorted((synth_dir / "images").rglob("*.png"))
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"this is not a png")
+    out = tmp_path / "sub" / "p.parquet"
+    code = main(
+        [
+            "predict",
+            "--model",
+            str(model_dir),
+            "--out",
+            str(out),
+            str(synth_dir / "images"),
+            str(bad),
+        ]
+    )
+    assert code == 0
+    assert "1 failed" in capsys.readouterr().out
+    table = pq.read_table(out)
+    validate_table(table)
+    rows = table.to_pylist()
+    assert len(rows) == len(images) + 1
+    assert [r["image_uri"] for r in rows] == [*map(str, images), str(bad)]
+    assert rows[-1]["error"] and str(bad) in rows[-1]["error"]
+    assert all(r["error"] is None and r["predicted_class"] for r in rows[:-1])
+
+
+def test_predict_fails_when_nothing_runs(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"")
+    out = tmp_path / "p.parquet"
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(model_dir),
+                "--out",
+                str(out),
+                str(bad),
+                str(tmp_path / "gone.png"),
+            ]
+        )
+        != 0
+    )
+    assert "0 images predicted, 2 failed" in capsys.readouterr().out
+    empty = tmp_path / "empty_dir"
+    empty.mkdir()
+    assert main(["predict", "--model", str(model_dir), "--out", str(out), str(empty)]) != 0
+
+
+def test_predict_with_a_missing_model_is_a_clear_error(
+    tmp_path: Path, synth_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    args = ["predict", "--model", str(tmp_path), "--out", str(tmp_path / "p.parquet")]
+    assert main([*args, str(synth_dir / "images")]) == 2
+    assert "no semclip model" in capsys.readouterr().err
+
+
+def test_fit_lists_rows_escaping_the_data_folder(
+    synth_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(synth_dir, data)
+    outside = tmp_path / "outside.png"
+    shutil.copy(next((data / "images" / "good").glob("*.png")), outside)
+    with (data / "manifest.csv").open() as fh:
+        n_rows = sum(1 for _ in csv.DictReader(fh))
+    with (data / "manifest.csv").open("a", newline="") as fh:
+        csv.writer(fh).writerow(["../outside.png", "good", "", "W1-00", "x"])
+    code = main(
+        [
+            "fit",
+            "--data",
+            str(data),
+            "--shots",
+            "1",
+            "--backbone",
+            "semclip-tiny",
+            "--out",
+            str(tmp_path / "m"),
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"row {n_rows + 1}" in err and "../outside.png" in err and "outside the data set" in err
+    assert not (tmp_path / "m").exists()
+
+
+def test_local_dir_backbone_refuses_pretrained(
+    synth_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    args = ["fit", "--data", str(synth_dir), "--shots", "1", "--out", str(tmp_path / "m")]
+    code = main([*args, "--backbone", f"local-dir:{tmp_path}", "--pretrained", "foo"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "pretrained" in err and "local-dir:" in err
+
+
+def _console_script() -> Path:
+    script = Path(sys.executable).with_name("semclip")
+    if not script.is_file():
+        found = shutil.which("semclip")
+        if found is None:
+            pytest.skip("the semclip console script is not installed")
+        script = Path(found)
+    return script
+
+
+def test_help_through_the_console_script() -> None:
+    """One subprocess (importing torch costs seconds): the installed entry point works."""
+    result = subprocess.run(
+        [str(_console_script()), "fit", "--help"], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert "usage: semclip fit" in result.stdout
+    for option in ("--data", "--shots", "--seed", "--backbone", "--pretrained", "--out"):
+        assert option in result.stdout
+
+
+def test_predict_help(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "usage: semclip predict" in text
+    for option in ("--model", "--out", "images", "--pixel-size-nm", "--tiff-page"):
+        assert option in text
