@@ -25,6 +25,7 @@ from semclip.data.dataset import GOOD, Dataset
 from semclip.data.images import ImageReadError, LoadedImage, read_image
 from semclip.data.masks import read_mask
 from semclip.encoder import DualPathEncoder
+from semclip.feature_cache import FeatureCache, entry_key
 from semclip.features import (
     N_DIHEDRAL,
     Features,
@@ -36,6 +37,7 @@ from semclip.features import (
 )
 from semclip.heads import SemclipHeads
 from semclip.inference import HeadOutputs, run_heads
+from semclip.maps import bilinear_matrix
 from semclip.postprocess import mask_outputs
 from semclip.prediction import Prediction
 from semclip.prompts import PromptLibrary, load_prompts, text_prototypes
@@ -45,6 +47,27 @@ log = logging.getLogger(__name__)
 
 ImageSource = str | Path | bytes | np.ndarray
 Progress = Callable[[int], None]  # called with the number of images just finished
+
+
+@dataclass(frozen=True)
+class ImageScores:
+    """Continuous outputs for one image: what evaluation needs (masks are thresholded maps)."""
+
+    uri: str
+    sha256: str | None
+    full_shape: tuple[int, int]  # (H, W) of the image, databar included
+    probs: np.ndarray  # (K,) fused probabilities, model class order
+    p_clip: np.ndarray  # (K,) P_clip as calibrated (transformation layers or CLIP's proj)
+    p_clip_proj: np.ndarray  # (K,) CLIP's untrained zero-shot probabilities
+    p_head: np.ndarray  # (K,) classification head
+    score_map: np.ndarray  # (S, S) smoothed defect map of the databar-cropped image
+
+    def full_map(self, databar: DatabarCrop) -> np.ndarray:
+        """The defect map at the image's own resolution (H, W), zero on the databar rows."""
+        cropped = (databar.cropped_height(self.full_shape[0]), self.full_shape[1])
+        rows = bilinear_matrix(self.score_map.shape[0], cropped[0])
+        cols = bilinear_matrix(self.score_map.shape[1], cropped[1])
+        return databar.undo_mask(rows @ self.score_map.astype(np.float32) @ cols.T, self.full_shape)
 
 
 @dataclass(frozen=True)
@@ -101,11 +124,13 @@ class SemclipModel:
         databar: DatabarCrop | None = None,
         name: str = "semclip-sem",
         progress: Progress | None = None,
+        cache: FeatureCache | None = None,
     ) -> SemclipModel:
         """Fit heads and calibration on labelled shots (k per class; k = 1 works).
 
         Defect images without a mask train the classifier only. Raises ValueError when the
-        support has no "good" images or a single class.
+        support has no "good" images or a single class. A `cache` shared across fits (and
+        predictions) runs the backbone once per image and augmentation.
         """
         started = time.perf_counter()
         config = config or FitConfig()
@@ -128,7 +153,7 @@ class SemclipModel:
             config,  # type: ignore[arg-type]
             name=name,
         )
-        tensors, hashes = model._support_tensors(items, progress)
+        tensors, hashes = model._support_tensors(items, progress, cache)
         proj = backbone.model.visual.proj.detach().float()
         good = model.good_index
         calibration = calibrate(tensors, text, good, config, proj, preprocess.image_size, device)
@@ -148,7 +173,7 @@ class SemclipModel:
         return model
 
     def _support_tensors(
-        self, items: list[SupportItem], progress: Progress | None
+        self, items: list[SupportItem], progress: Progress | None, cache: FeatureCache | None
     ) -> tuple[SupportTensors, list[str | None]]:
         """Run the backbone once per support image and augmentation; cache what training needs.
 
@@ -173,7 +198,8 @@ class SemclipModel:
         feats, targets, image_index, aug_index = [], [], [], []
         for sl in batches(len(items), batch):
             for aug in range(n_aug):
-                feats.append(extract_features(self.encoder, dihedral(stack[sl], aug)))
+                keys = [entry_key(h, aug) for h in hashes[sl]]
+                feats.append(self._features(dihedral(stack[sl], aug), keys, cache))
                 targets.append(patch_coverage(dihedral(mask_stack[sl], aug), feats[-1].grid))
                 image_index.append(torch.arange(sl.start, sl.stop))
                 aug_index.append(torch.full((sl.stop - sl.start,), aug))
@@ -192,6 +218,20 @@ class SemclipModel:
             groups=groups,
         )
         return tensors, hashes
+
+    def _features(
+        self,
+        images: torch.Tensor,
+        keys: list[str | None],
+        cache: FeatureCache | None,
+        autocast: bool = True,
+    ) -> Features:
+        """Backbone features of a batch, through the cache when one is given."""
+        if cache is None:
+            return extract_features(self.encoder, images, autocast=autocast)
+        return cache.get(
+            keys, lambda missing: extract_features(self.encoder, images[missing], autocast=autocast)
+        )
 
     def _good_shot_tau(self, tensors: SupportTensors) -> float:
         """Default τ (k = 1): from the scores on the good shots' pixels (design notes)."""
@@ -213,6 +253,7 @@ class SemclipModel:
         uris: Sequence[str] | None = None,
         config: PredictConfig | None = None,
         progress: Progress | None = None,
+        cache: FeatureCache | None = None,
     ) -> list[Prediction]:
         """Predict every image; an unreadable one gets a row with `error`, never a failed batch."""
         config = config or self.predict_config
@@ -224,13 +265,17 @@ class SemclipModel:
         batch = auto_batch_size(self.device, config.batch_size, self.preprocess.image_size)
         results: list[Prediction] = []
         for sl in batches(len(images), batch):
-            results.extend(self._predict_batch(images[sl], uris[sl], config))
+            results.extend(self._predict_batch(images[sl], uris[sl], config, cache))
             if progress:
                 progress(sl.stop - sl.start)
         return results
 
     def _predict_batch(
-        self, images: Sequence[ImageSource], uris: Sequence[str], config: PredictConfig
+        self,
+        images: Sequence[ImageSource],
+        uris: Sequence[str],
+        config: PredictConfig,
+        cache: FeatureCache | None = None,
     ) -> list[Prediction]:
         loaded: list[LoadedImage | Prediction] = [
             self._read(src, uri, config) for src, uri in zip(images, uris, strict=True)
@@ -238,7 +283,7 @@ class SemclipModel:
         ok = [i for i, item in enumerate(loaded) if isinstance(item, LoadedImage)]
         if ok:
             try:
-                outputs = self._heads_on([loaded[i] for i in ok], config)
+                outputs = self._heads_on([loaded[i] for i in ok], config, cache)
             except Exception as exc:  # keep the batch: fall back to one image at a time
                 if len(ok) == 1:
                     loaded[ok[0]] = self._failed(
@@ -246,7 +291,7 @@ class SemclipModel:
                     )
                     return loaded  # type: ignore[return-value]
                 for i in ok:  # unreadable rows keep their place
-                    loaded[i] = self._predict_batch([images[i]], [uris[i]], config)[0]
+                    loaded[i] = self._predict_batch([images[i]], [uris[i]], config, cache)[0]
                 return loaded  # type: ignore[return-value]
             for j, i in enumerate(ok):
                 loaded[i] = self._to_prediction(loaded[i], uris[i], outputs, j, config)
@@ -266,13 +311,58 @@ class SemclipModel:
     def _failed(self, uri: str, error: str, sha256: str | None) -> Prediction:
         return Prediction.failed(uri, error, self.name, self.version, sha256)
 
-    def _heads_on(self, images: list[LoadedImage], config: PredictConfig) -> HeadOutputs:
+    def _heads_on(
+        self, images: list[LoadedImage], config: PredictConfig, cache: FeatureCache | None = None
+    ) -> HeadOutputs:
         x = torch.stack([self.preprocess.image_tensor(im.pixels) for im in images])
+        keys = [entry_key(im.sha256, 0) for im in images]
         with torch.inference_mode():
-            feats = extract_features(self.encoder, x, autocast=config.autocast)
+            feats = self._features(x, keys, cache, config.autocast)
             return run_heads(
                 self.heads, feats, self.calibration, self.good_index, self.preprocess.image_size
             )
+
+    def score(
+        self,
+        images: Sequence[ImageSource],
+        *,
+        uris: Sequence[str] | None = None,
+        cache: FeatureCache | None = None,
+        config: PredictConfig | None = None,
+    ) -> list[ImageScores | Prediction]:
+        """Continuous outputs (probabilities, defect map) for evaluation; failed images come
+        back as failed Predictions in their place."""
+        config = config or self.predict_config
+        uris = (
+            list(uris) if uris is not None else [_default_uri(s, i) for i, s in enumerate(images)]
+        )
+        out: list[ImageScores | Prediction] = []
+        batch = auto_batch_size(self.device, config.batch_size, self.preprocess.image_size)
+        for sl in batches(len(images), batch):
+            loaded = [
+                self._read(src, uri, config) for src, uri in zip(images[sl], uris[sl], strict=True)
+            ]
+            ok = [im for im in loaded if isinstance(im, LoadedImage)]
+            heads = self._heads_on(ok, config, cache) if ok else None
+            j = 0
+            for uri, item in zip(uris[sl], loaded, strict=True):
+                if isinstance(item, Prediction):
+                    out.append(item)
+                    continue
+                out.append(
+                    ImageScores(
+                        uri=uri,
+                        sha256=item.sha256,
+                        full_shape=item.pixels.shape,
+                        probs=heads.probs[j].float().cpu().numpy(),
+                        p_clip=heads.p_clip[j].float().cpu().numpy(),
+                        p_clip_proj=heads.p_clip_proj[j].float().cpu().numpy(),
+                        p_head=heads.p_head[j].float().cpu().numpy(),
+                        score_map=heads.score_map[j].float().cpu().numpy(),
+                    )
+                )
+                j += 1
+        return out
 
     def _to_prediction(
         self, image: LoadedImage, uri: str, out: HeadOutputs, j: int, config: PredictConfig

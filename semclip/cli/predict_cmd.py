@@ -29,14 +29,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--model", required=True, help="model directory (semclip fit --out)")
     parser.add_argument("--out", required=True, help="Parquet file to write")
-    parser.add_argument("--batch-size", type=int, default=0, help="images per batch (auto)")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="images per batch (default: the model's)"
+    )
     parser.add_argument(
         "--pixel-size-nm",
         type=float,
         default=None,
-        help="pixel size, overriding what the files say",
+        help="pixel size, overriding what the files (and the model's defaults) say",
     )
-    parser.add_argument("--tiff-page", type=int, default=0, help="page of multi-page TIFFs")
+    parser.add_argument(
+        "--tiff-page", type=int, default=None, help="page of multi-page TIFFs (default 0)"
+    )
     parser.add_argument("--device", default=None, help="cpu, cuda (default: CUDA if present)")
     parser.add_argument("images", nargs="+", help="image files and/or folders")
     parser.set_defaults(func=run)
@@ -71,12 +75,15 @@ def run(args: argparse.Namespace) -> int:
             "WARNING: this model's backbone has RANDOM WEIGHTS; its scores are a plumbing "
             "check, not quality figures"
         )
+    given = {
+        "batch_size": args.batch_size,
+        "pixel_size_nm": args.pixel_size_nm,
+        "tiff_page": args.tiff_page,
+    }  # options left out keep the model's stored predict_config
     config = PredictConfig(
         **{
             **model.predict_config.to_dict(),
-            "batch_size": args.batch_size,
-            "pixel_size_nm": args.pixel_size_nm,
-            "tiff_page": args.tiff_page,
+            **{k: v for k, v in given.items() if v is not None},
         }
     )
     with progress_bar(len(images), "predict") as bar:
