@@ -6,25 +6,36 @@ import csv
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from semclip import load_model
+from semclip import PredictConfig, SemclipModel, load_model, save_model
 from semclip.cli import main
 from semclip.io.schema import validate_table
+
+
+def predict(model_dir: Path, out: Path, *inputs: str | Path, options: tuple[str, ...] = ()) -> int:
+    """`semclip predict` in-process; returns the exit code."""
+    args = ["predict", "--model", str(model_dir), "--out", str(out), *options]
+    return main([*args, *map(str, inputs)])
+
+
+def fit(data: Path, out: Path, *options: str) -> int:
+    """`semclip fit` on the tiny backbone in-process; returns the exit code."""
+    return main(["fit", "--data", str(data), "--out", str(out), *options])
 
 
 @pytest.fixture(scope="module")
 def model_dir(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("cli") / "model"
-    args = ["fit", "--data", str(synth_dir), "--shots", "2", "--seed", "0"]
-    assert main([*args, "--backbone", "semclip-tiny", "--out", str(out)]) == 0
+    assert fit(synth_dir, out, "--shots", "2", "--seed", "0", "--backbone", "semclip-tiny") == 0
     return out
 
 
-def test_fit_writes_a_loadable_model(model_dir: Path, capsys: pytest.CaptureFixture) -> None:
+def test_fit_writes_a_loadable_model(model_dir: Path) -> None:
     model = load_model(model_dir, device="cpu")
     assert model.classes == ("good", "bridge", "particle", "scratch")
     assert model.lineage["seed"] == 0 and model.backbone.random_weights
@@ -39,17 +50,7 @@ def test_predict_writes_parquet_with_error_rows(
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"this is not a png")
     out = tmp_path / "sub" / "p.parquet"
-    code = main(
-        [
-            "predict",
-            "--model",
-            str(model_dir),
-            "--out",
-            str(out),
-            str(synth_dir / "images"),
-            str(bad),
-        ]
-    )
+    code = predict(model_dir, out, synth_dir / "images", bad)
     assert code == 0
     assert "1 failed" in capsys.readouterr().out
     table = pq.read_table(out)
@@ -67,31 +68,35 @@ def test_predict_fails_when_nothing_runs(
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"")
     out = tmp_path / "p.parquet"
-    assert (
-        main(
-            [
-                "predict",
-                "--model",
-                str(model_dir),
-                "--out",
-                str(out),
-                str(bad),
-                str(tmp_path / "gone.png"),
-            ]
-        )
-        != 0
-    )
+    assert predict(model_dir, out, bad, tmp_path / "gone.png") != 0
     assert "0 images predicted, 2 failed" in capsys.readouterr().out
     empty = tmp_path / "empty_dir"
     empty.mkdir()
-    assert main(["predict", "--model", str(model_dir), "--out", str(out), str(empty)]) != 0
+    assert predict(model_dir, out, empty) != 0
+
+
+def test_predict_keeps_the_models_stored_settings_unless_overridden(
+    fitted_model: SemclipModel, query_paths: list[Path], tmp_path: Path
+) -> None:
+    stored = replace(fitted_model, predict_config=PredictConfig(pixel_size_nm=2.0))
+    model_dir = save_model(stored, tmp_path / "model")
+    images = query_paths[:3]
+    assert predict(model_dir, tmp_path / "a.parquet", *images) == 0
+    options = ("--pixel-size-nm", "3")
+    assert predict(model_dir, tmp_path / "b.parquet", *images, options=options) == 0
+    kept = pq.read_table(tmp_path / "a.parquet").to_pylist()
+    overridden = pq.read_table(tmp_path / "b.parquet").to_pylist()
+    assert any(row["defect_area_px"] for row in kept)
+    for row in kept:
+        assert row["defect_area_nm2"] == 4.0 * row["defect_area_px"]
+    for row in overridden:
+        assert row["defect_area_nm2"] == 9.0 * row["defect_area_px"]
 
 
 def test_predict_with_a_missing_model_is_a_clear_error(
     tmp_path: Path, synth_dir: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    args = ["predict", "--model", str(tmp_path), "--out", str(tmp_path / "p.parquet")]
-    assert main([*args, str(synth_dir / "images")]) == 2
+    assert predict(tmp_path, tmp_path / "p.parquet", synth_dir / "images") == 2
     assert "no semclip model" in capsys.readouterr().err
 
 
@@ -106,19 +111,7 @@ def test_fit_lists_rows_escaping_the_data_folder(
         n_rows = sum(1 for _ in csv.DictReader(fh))
     with (data / "manifest.csv").open("a", newline="") as fh:
         csv.writer(fh).writerow(["../outside.png", "good", "", "W1-00", "x"])
-    code = main(
-        [
-            "fit",
-            "--data",
-            str(data),
-            "--shots",
-            "1",
-            "--backbone",
-            "semclip-tiny",
-            "--out",
-            str(tmp_path / "m"),
-        ]
-    )
+    code = fit(data, tmp_path / "m", "--shots", "1", "--backbone", "semclip-tiny")
     assert code == 2
     err = capsys.readouterr().err
     assert f"row {n_rows + 1}" in err and "../outside.png" in err and "outside the data set" in err
@@ -128,8 +121,8 @@ def test_fit_lists_rows_escaping_the_data_folder(
 def test_local_dir_backbone_refuses_pretrained(
     synth_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    args = ["fit", "--data", str(synth_dir), "--shots", "1", "--out", str(tmp_path / "m")]
-    code = main([*args, "--backbone", f"local-dir:{tmp_path}", "--pretrained", "foo"])
+    backbone = ("--backbone", f"local-dir:{tmp_path}", "--pretrained", "foo")
+    code = fit(synth_dir, tmp_path / "m", "--shots", "1", *backbone)
     assert code == 2
     err = capsys.readouterr().err
     assert "error:" in err and "pretrained" in err and "local-dir:" in err
@@ -139,8 +132,7 @@ def _console_script() -> Path:
     script = Path(sys.executable).with_name("semclip")
     if not script.is_file():
         found = shutil.which("semclip")
-        if found is None:
-            pytest.skip("the semclip console script is not installed")
+        assert found is not None, "the semclip console script is not installed (make install)"
         script = Path(found)
     return script
 

@@ -198,7 +198,7 @@ def test_databar_rows_never_hold_defects(
     bar = 20
     preprocess = replace(fitted_model.preprocess, databar=DatabarCrop(bottom=bar))
     model = replace(_with_tau(fitted_model, -1.0), preprocess=preprocess)
-    image = np.asarray(_noise(150, 200))
+    image = _noise(150, 200)
     pred = model.predict([image])[0]
     mask = assert_prediction_consistent(pred, (150, 200))
     assert not mask[-bar:].any()

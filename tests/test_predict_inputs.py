@@ -160,10 +160,10 @@ def test_a_failing_batch_falls_back_to_single_images(
     poison = np.zeros((77, 77), dtype=np.uint8)
     original = model._heads_on
 
-    def heads_on(images, config):
+    def heads_on(images, *args, **kwargs):
         if any(im.pixels.shape == (77, 77) for im in images):
             raise RuntimeError("boom")
-        return original(images, config)
+        return original(images, *args, **kwargs)
 
     monkeypatch.setattr(model, "_heads_on", heads_on)
     goods = query_paths[:2]
