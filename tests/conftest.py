@@ -8,6 +8,8 @@ structure, invariants and exact equalities, never quality.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +25,11 @@ SYNTH_COUNTS = {"good": 6, "bridge": 4, "particle": 4, "scratch": 4}
 SYNTH_SEED = 1
 SYNTH_SIZE = 128
 SHOTS = 2
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Keep all local state of the run out of the checkout: $SEMCLIP_HOME in a temp folder."""
+    os.environ["SEMCLIP_HOME"] = tempfile.mkdtemp(prefix="semclip-home-")
 
 
 @pytest.fixture(scope="session")
