@@ -18,6 +18,8 @@ COMMANDS: tuple[str, ...] = (
     "semclip.cli.predict_cmd",
     "semclip.cli.synth_cmd",
     "semclip.cli.demo_cmd",
+    "semclip.cli.eval_cmd",
+    "semclip.cli.bench_cmd",
 )
 
 

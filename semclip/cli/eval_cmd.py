@@ -1,0 +1,131 @@
+"""`semclip eval`: the paper's few-shot protocol on a data set folder, with baselines/ablations."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from functools import partial
+from pathlib import Path
+
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from semclip.cli.common import add_backbone_options, backbone_from
+from semclip.config import FitConfig
+from semclip.data import DatabarCrop, load_dataset
+from semclip.eval import ORDER, EvalConfig, resolve_methods, run_evaluation, write_report
+from semclip.prompts import load_prompts
+
+log = logging.getLogger(__name__)
+
+
+def parse_shots(text: str) -> tuple[int, ...]:
+    """'1,2,5,10' → (1, 2, 5, 10)."""
+    try:
+        shots = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        msg = f"--shots takes integers like 1,2,5,10, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    if not shots or min(shots) < 1:
+        raise argparse.ArgumentTypeError("--shots needs positive integers, e.g. 1,2,5,10")
+    return tuple(dict.fromkeys(shots))
+
+
+def parse_methods(text: str) -> tuple[str, ...]:
+    try:
+        return resolve_methods(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="few-shot evaluation (paper protocol): metrics.json, report.md, plots",
+        description="For each k and seed, draw k images (or groups) per class, good included, "
+        "fit every selected method on them and score the rest. The backbone runs once per "
+        "image and augmentation for the whole evaluation (feature cache under "
+        "$SEMCLIP_HOME/cache/features).",
+    )
+    parser.add_argument("--data", required=True, help="data set folder (manifest.csv or MVTec)")
+    parser.add_argument("--out", required=True, help="report folder to write")
+    parser.add_argument(
+        "--shots", type=parse_shots, default=(1, 2, 5, 10), help="k values (default 1,2,5,10)"
+    )
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
+    parser.add_argument(
+        "--method",
+        type=parse_methods,
+        default=("semclip",),
+        help=f"comma-separated methods or 'all' ({', '.join(ORDER)}); default semclip",
+    )
+    parser.add_argument(
+        "--databar-top",
+        type=int,
+        default=None,
+        help="rows cropped at the top (default: synth.json)",
+    )
+    parser.add_argument(
+        "--databar-bottom",
+        type=int,
+        default=None,
+        help="rows cropped at the bottom (default: synth.json's databar, else 0)",
+    )
+    parser.add_argument("--prompts", default=None, help="prompt YAML (default: packaged)")
+    parser.add_argument("--no-augment", action="store_true", help="fit without the 8 flips")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per batch (16)")
+    parser.add_argument(
+        "--cache-dir",
+        default=None,
+        help="feature cache folder (default $SEMCLIP_HOME/cache/features)",
+    )
+    add_backbone_options(parser)
+    parser.set_defaults(func=run)
+
+
+def databar_for(data: str | Path, top: int | None, bottom: int | None) -> DatabarCrop:
+    """Explicit rows win; otherwise the databar a `semclip synth` set records in synth.json."""
+    if top is not None or bottom is not None:
+        return DatabarCrop(top=top or 0, bottom=bottom or 0)
+    meta = Path(data) / "synth.json"
+    if not meta.is_file():
+        return DatabarCrop()
+    info = json.loads(meta.read_text())
+    rows, side = int(info.get("databar_rows", 0)), info.get("databar", "none")
+    return DatabarCrop(top=rows if side == "top" else 0, bottom=rows if side == "bottom" else 0)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.seeds < 1:
+        raise ValueError("--seeds must be >= 1")
+    dataset = load_dataset(args.data)
+    backbone = backbone_from(args)
+    config = EvalConfig(
+        shots=args.shots,
+        seeds=args.seeds,
+        methods=args.method,
+        fit_config=FitConfig(augment=not args.no_augment),
+        databar=databar_for(args.data, args.databar_top, args.databar_bottom),
+        batch_size=args.batch_size,
+    )
+    print(f"backbone: {backbone.describe()}")
+    progress = partial(tqdm, dynamic_ncols=True)
+    with logging_redirect_tqdm():
+        result = run_evaluation(
+            dataset,
+            backbone,
+            config,
+            prompts=load_prompts(args.prompts),
+            cache_dir=args.cache_dir,
+            progress=progress,
+        )
+    path = write_report(result, args.out)
+    for line in result.plan.skipped:
+        print(f"skipped: {line}")
+    print(
+        f"{len(result.runs)} runs; feature cache: {result.cache['hits']} hits, "
+        f"{result.cache['misses']} misses"
+    )
+    print(f"report: {path}")
+    return 0
