@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/semclip demo
+	$(VENV)/bin/python -m flows
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

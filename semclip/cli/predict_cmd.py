@@ -12,6 +12,7 @@ from semclip.artifact import load_model
 from semclip.cli.common import progress_bar
 from semclip.config import PredictConfig
 from semclip.io.schema import records_to_table
+from semclip.model import SemclipModel
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "even if some images failed (their rows carry the error); non-zero when "
         "nothing could run.",
     )
-    parser.add_argument("--model", required=True, help="model directory (semclip fit --out)")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="model directory (semclip fit --out), or a registered model: "
+        "models:/semclip-sem@champion, models:/semclip-sem/3",
+    )
     parser.add_argument("--out", required=True, help="Parquet file to write")
     parser.add_argument(
         "--batch-size", type=int, default=None, help="images per batch (default: the model's)"
@@ -64,12 +70,22 @@ def expand_inputs(inputs: list[str]) -> list[str]:
     return found
 
 
+def _load(model: str, device: str | None) -> SemclipModel:
+    """A model directory, or a models:/ URI resolved in the MLflow registry (offline-safe)."""
+    if model.startswith("models:/"):
+        from semclip.registry import Registry
+        from semclip.settings import get_settings
+
+        return Registry.from_settings(get_settings()).load(model, device=device)
+    return load_model(model, device=device)
+
+
 def run(args: argparse.Namespace) -> int:
     images = expand_inputs(args.images)
     if not images:
         log.error("no images found in %s", args.images)
         return 2
-    model = load_model(args.model, device=args.device)
+    model = _load(args.model, args.device)
     if model.backbone.random_weights:
         print(
             "WARNING: this model's backbone has RANDOM WEIGHTS; its scores are a plumbing "

@@ -1,0 +1,161 @@
+"""nightly-inference(run_date): predict one date's SEM dump into its Parquet partition.
+
+Recipe: validate → resolve the model → list raw/<date>/ → read ids and KLARF positions →
+predict shard by shard (one GPU job at a time, through the strict "gpu" limit) → rewrite
+predictions/date=<date>/ as the union of the rows kept and the new ones → report counts.
+Re-runs and backfills of a date are idempotent: images already predicted by the same model
+version (same bytes) are kept, not recomputed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.concurrency.sync import concurrency
+from pydantic import BaseModel
+
+from flows.params import NightlyParams
+from semclip.registry import ModelRef, Registry
+from semclip.settings import get_settings
+from tasks.common import GPU_LIMIT, BucketRef, current_flow_run_id
+from tasks.inference import (
+    ShardResult,
+    WriteResult,
+    describe_images,
+    list_images,
+    predict_shard,
+    read_done_hashes,
+    resolve_model,
+    write_predictions,
+)
+
+__all__ = ["NightlyReport", "nightly_inference"]
+
+RANDOM_BACKBONE_BANNER = (
+    "RANDOM-WEIGHT BACKBONE: the classes and scores of this run are a plumbing check, "
+    "not quality figures"
+)
+
+
+class NightlyReport(BaseModel):
+    """What a nightly run did, in counts: the flow's return value and its run artifact."""
+
+    run_date: dt.date
+    model_name: str
+    model_version: str
+    random_backbone: bool
+    images: int  # found under raw/<date>/
+    predicted: int  # new rows written
+    kept: int  # already predicted by this model version: kept, not recomputed
+    quarantined: int  # unreadable (or duplicate) inputs, see quarantine/date=<date>/
+    rows_total: int  # rows in the partition after the write
+    partition_uri: str | None
+    klarf_errors: list[str] = []
+
+    def markdown(self) -> str:
+        """The run summary shown in the Prefect UI."""
+        lines = [
+            f"# nightly-inference {self.run_date}",
+            "",
+            f"model **{self.model_name} v{self.model_version}**",
+            "",
+            "| images | predicted | kept | quarantined | rows in partition |",
+            "|---|---|---|---|---|",
+            f"| {self.images} | {self.predicted} | {self.kept} | {self.quarantined} "
+            f"| {self.rows_total} |",
+            "",
+            f"partition: `{self.partition_uri}`",
+        ]
+        if self.random_backbone:
+            lines[:0] = [f"> **{RANDOM_BACKBONE_BANNER}**", ""]
+        lines += [f"- KLARF skipped: {e}" for e in self.klarf_errors]
+        return "\n".join(lines)
+
+
+@flow(name="nightly-inference")
+def nightly_inference(
+    run_date: str | None = None, model_version: str | int | None = None
+) -> NightlyReport:
+    """Predict raw/<run_date>/ (default: yesterday in SEMCLIP_TIMEZONE) with the champion,
+    or with ``model_version`` (a version number or alias) when given.
+
+    ``model_version`` also takes an int: ``--param model_version=3`` arrives parsed as JSON.
+    """
+    settings = get_settings()
+    params = NightlyParams.build(run_date, model_version, settings.timezone)
+    logger = get_run_logger()
+    bucket = BucketRef.from_settings(settings)
+    registry = Registry.from_settings(settings)
+
+    model = resolve_model(registry, params.model_version)
+    if model.random_backbone:
+        logger.warning("%s %s", model.uri, RANDOM_BACKBONE_BANNER)
+    uris = list_images(bucket, params.run_date)
+    if not uris:
+        logger.warning("no images under raw/%s/ in %s: nothing to do", params.run_date, bucket.url)
+        return _report(params.run_date, model, 0, [], None, [])
+    described = describe_images(bucket, params.run_date, uris, settings.path_regex)
+    done = read_done_hashes(bucket, params.run_date, model.version)
+    run_id = current_flow_run_id()
+    shards: list[ShardResult] = []
+    with concurrency(GPU_LIMIT, occupy=1, strict=True):
+        for index, start in enumerate(range(0, len(uris), settings.batch_size)):
+            shard = uris[start : start + settings.batch_size]
+            fields = {uri: described.fields[uri] for uri in shard}
+            shards.append(
+                predict_shard(
+                    bucket,
+                    registry,
+                    model,
+                    params.run_date,
+                    index,
+                    shard,
+                    fields=fields,
+                    done_hashes=done,
+                    flow_run_id=run_id,
+                    tiff_page=settings.tiff_page,
+                )
+            )
+    staged = [s.staged_uri for s in shards if s.staged_uri]
+    written = write_predictions(bucket, params.run_date, staged, run_id)
+    report = _report(params.run_date, model, len(uris), shards, written, described.klarf_errors)
+    logger.info(
+        "%s: %d images, %d predicted, %d kept, %d quarantined, %d rows in %s",
+        report.run_date,
+        report.images,
+        report.predicted,
+        report.kept,
+        report.quarantined,
+        report.rows_total,
+        report.partition_uri,
+    )
+    create_markdown_artifact(report.markdown(), key="nightly-inference-report")
+    return report
+
+
+def _report(
+    run_date: dt.date,
+    model: ModelRef,
+    images: int,
+    shards: Sequence[ShardResult],
+    written: WriteResult | None,
+    klarf_errors: list[str],
+) -> NightlyReport:
+    partition = written.partition if written else None
+    duplicates = written.n_duplicates if written else 0
+    return NightlyReport(
+        run_date=run_date,
+        model_name=model.name,
+        model_version=model.version,
+        random_backbone=model.random_backbone,
+        images=images,
+        predicted=sum(s.n_predicted for s in shards) - duplicates,
+        kept=sum(s.n_kept for s in shards),
+        quarantined=sum(s.n_quarantined for s in shards) + duplicates,
+        rows_total=partition.rows_total if partition else 0,
+        partition_uri=partition.uri if partition else None,
+        klarf_errors=list(klarf_errors),
+    )

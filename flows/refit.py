@@ -1,0 +1,208 @@
+"""refit: fit a candidate on confirmed shots, judge it against the champion, register it.
+
+Recipe: gather confirmed shots → hash → split train/hold-out by content hash → support
+(newest first, capped per class) → fine-tune → evaluate candidate and champion on the same
+hold-out → log to MLflow and register a version → ``challenger`` = it; ``champion`` = it only
+through the gate, or when there is no champion yet.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.concurrency.sync import concurrency
+from pydantic import BaseModel
+
+from flows.params import RefitParams
+from semclip.backbone import DEFAULT_MODEL
+from semclip.cli.common import resolve_pretrained
+from semclip.refit import GateConfig, RefitError
+from semclip.registry import Registry
+from semclip.settings import get_settings
+from tasks.common import GPU_LIMIT, BucketRef, current_flow_run_id
+from tasks.refit import (
+    decide_promotion,
+    evaluate_models,
+    fit_candidate,
+    hash_confirmed_shots,
+    load_confirmed_shots,
+    register_candidate,
+    remove_staging,
+    resolve_champion,
+    split_confirmed_shots,
+    update_aliases,
+)
+
+__all__ = ["RefitReport", "refit"]
+
+RANDOM_BACKBONE_BANNER = (
+    "RANDOM-WEIGHT BACKBONE: the hold-out metrics of this refit are a plumbing check, "
+    "not quality figures"
+)
+
+
+class RefitReport(BaseModel):
+    """What a refit did: the version it registered, the gate's decision, the numbers."""
+
+    version: str
+    promoted: bool
+    reason: str
+    champion_version: str | None  # after this refit
+    previous_champion: str | None
+    random_backbone: bool
+    backbone: str
+    n_confirmed: int
+    n_support: int
+    n_holdout: int
+    candidate_metrics: dict[str, Any]
+    champion_metrics: dict[str, Any] | None
+    problems: list[str] = []
+
+    def markdown(self) -> str:
+        """The run summary shown in the Prefect UI."""
+
+        def fmt(metrics: dict[str, Any] | None, key: str) -> str:
+            value = (metrics or {}).get(key)
+            return "n/a" if value is None else f"{value:.4f}"
+
+        lines = [
+            f"# refit: version {self.version} ({'promoted' if self.promoted else 'held'})",
+            "",
+            f"{self.reason}",
+            "",
+            f"backbone: {self.backbone}",
+            "",
+            "| model | macro F1 | accuracy | pixel F1-max |",
+            "|---|---|---|---|",
+        ]
+        for name, metrics in (
+            ("candidate", self.candidate_metrics),
+            ("champion", self.champion_metrics),
+        ):
+            if metrics is not None:
+                lines.append(
+                    f"| {name} | {fmt(metrics, 'f1')} | {fmt(metrics, 'accuracy')} "
+                    f"| {fmt(metrics, 'pixel_f1_max')} |"
+                )
+        lines.append(
+            f"\nconfirmed {self.n_confirmed}, support {self.n_support}, hold-out {self.n_holdout}"
+        )
+        if self.random_backbone:
+            lines[:0] = [f"> **{RANDOM_BACKBONE_BANNER}**", ""]
+        lines += [f"- {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+@flow(name="refit")
+def refit(
+    backbone: str | None = None,
+    pretrained: str | None = None,
+    databar_top: int = 0,
+    databar_bottom: int = 0,
+    fit: dict[str, Any] | None = None,
+    device: str | None = None,
+    gate_min_f1_gain: float | None = None,
+    gate_max_pixel_f1_drop: float | None = None,
+) -> RefitReport:
+    """Fit a candidate on confirmed/ shots and register it; move champion only via the gate.
+
+    The hold-out fraction and support cap are settings only (SEMCLIP_HOLDOUT_FRACTION,
+    SEMCLIP_SUPPORT_CAP_PER_CLASS): the split must not change from one run to the next.
+    The gate thresholds default to their settings and may be tightened per run.
+    """
+    settings = get_settings()
+    params = RefitParams(
+        backbone=backbone,
+        pretrained=pretrained,
+        databar_top=databar_top,
+        databar_bottom=databar_bottom,
+        fit=fit or {},
+        device=device,
+        gate_min_f1_gain=gate_min_f1_gain,
+        gate_max_pixel_f1_drop=gate_max_pixel_f1_drop,
+    )
+    logger = get_run_logger()
+    bucket = BucketRef.from_settings(settings)
+    registry = Registry.from_settings(settings)
+    backbone_name = params.backbone or settings.backbone or DEFAULT_MODEL
+    weights = resolve_pretrained(backbone_name, params.pretrained or settings.pretrained)
+    fraction, cap = settings.holdout_fraction, settings.support_cap_per_class
+    gate_config = GateConfig(
+        min_f1_gain=_pick(params.gate_min_f1_gain, settings.gate_min_f1_gain),
+        max_pixel_f1_drop=_pick(params.gate_max_pixel_f1_drop, settings.gate_max_pixel_f1_drop),
+    )
+
+    shots = load_confirmed_shots(bucket)
+    if not shots:
+        raise RefitError(f"no confirmed shots under {bucket.url}/confirmed/: nothing to fit on")
+    hashed, unreadable = hash_confirmed_shots(bucket, shots)
+    split = split_confirmed_shots(hashed, fraction, cap)
+    champion = resolve_champion(registry)
+    run_id = current_flow_run_id() or "local"
+    staging = settings.home / "staging" / "refit" / run_id
+    lineage = {
+        "holdout_fraction": fraction,
+        "support_cap_per_class": cap,
+        "n_confirmed": len(shots),
+        "n_train": split.n_train,
+        "n_holdout": len(split.holdout),
+        "flow_run_id": run_id,
+    }
+    with concurrency(GPU_LIMIT, occupy=1, strict=True):
+        candidate = fit_candidate(
+            bucket,
+            split.support,
+            backbone=backbone_name,
+            pretrained=weights,
+            fit_config=params.fit_config().to_dict(),
+            databar={"top": params.databar_top, "bottom": params.databar_bottom},
+            model_name=registry.model_name,
+            out_dir=str(staging / "model"),
+            lineage=lineage,
+            device=params.device,
+        )
+        evaluation = evaluate_models(bucket, split.holdout, candidate.model_dir, registry, champion)
+    if candidate.random_backbone:
+        logger.warning(RANDOM_BACKBONE_BANNER)
+    decision = decide_promotion(evaluation, champion is not None, gate_config)
+    logged_params = {
+        "backbone": backbone_name,
+        "pretrained": weights,
+        "fit": params.fit_config().to_dict(),
+        "databar": {"top": params.databar_top, "bottom": params.databar_bottom},
+        "gate": {
+            "min_f1_gain": gate_config.min_f1_gain,
+            "max_pixel_f1_drop": gate_config.max_pixel_f1_drop,
+        },
+        **lineage,
+    }
+    version = register_candidate(
+        registry, candidate, evaluation, decision, logged_params, champion, run_id
+    )
+    champion_after = update_aliases(registry, version, decision.promote)
+    remove_staging(str(staging))
+    report = RefitReport(
+        version=version.version,
+        promoted=decision.promote,
+        reason=decision.reason,
+        champion_version=champion_after.version if champion_after else None,
+        previous_champion=champion.version if champion else None,
+        random_backbone=candidate.random_backbone,
+        backbone=candidate.backbone,
+        n_confirmed=len(shots),
+        n_support=len(split.support),
+        n_holdout=evaluation.n_holdout,
+        candidate_metrics=evaluation.candidate.to_dict(),
+        champion_metrics=evaluation.champion.to_dict() if evaluation.champion else None,
+        problems=[*unreadable, *candidate.skipped, *evaluation.problems],
+    )
+    logger.info("version %s: %s", report.version, report.reason)
+    create_markdown_artifact(report.markdown(), key="refit-report")
+    return report
+
+
+def _pick(value: float | None, default: float) -> float:
+    """The parameter when given (0.0 included), else the setting."""
+    return default if value is None else value

@@ -1,0 +1,50 @@
+"""`semclip promote --version N`: move the champion alias by hand (and so roll back).
+
+The refit flow moves ``champion`` only through its gate; a person overrides it here. A
+rollback is promoting the older version; the command prints the one it replaced, so the way
+back is always one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from semclip.registry import CHAMPION, Registry
+from semclip.settings import get_settings
+
+_SHOWN = ("f1", "accuracy", "pixel_f1_max")  # hold-out metrics printed after a promotion
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "promote",
+        help="point the champion alias at a registered model version",
+        description="Move an alias (default: champion) of the registered model to --version. "
+        "The MLflow registry is MLFLOW_TRACKING_URI (default sqlite:///$SEMCLIP_HOME/mlflow.db); "
+        "the model name SEMCLIP_MODEL_NAME (default semclip-sem).",
+    )
+    parser.add_argument("--version", required=True, help="registered version number to promote")
+    parser.add_argument("--alias", default=CHAMPION, help=f"alias to move (default {CHAMPION})")
+    parser.add_argument("--name", default=None, help="registered model name (default: setting)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    registry = Registry.from_settings(get_settings(), model_name=args.name)
+    previous, new = registry.promote(args.version, args.alias)
+    before = f"v{previous.version}" if previous else "none"
+    print(f"{args.alias} of {registry.model_name}: {before} -> v{new.version} ({registry.where()})")
+    metrics = registry.run_metrics(new)
+    shown = [(k, metrics[f"candidate.{k}"]) for k in _SHOWN if f"candidate.{k}" in metrics]
+    if shown:
+        print("  hold-out at its refit: " + ", ".join(f"{k} {v:.4f}" for k, v in shown))
+    if new.random_backbone:
+        print(
+            "  WARNING: this version was fitted on a RANDOM-WEIGHT backbone: its scores are a "
+            "plumbing check, not quality figures"
+        )
+    if previous and previous.version != new.version:
+        print(
+            f"  roll back with: semclip promote --version {previous.version} --alias {args.alias}"
+        )
+    return 0

@@ -1,0 +1,166 @@
+"""Tasks of the local demo: seed a bucket with a synthetic fab dump, summarise the Parquet.
+
+The dump looks like a review tool's: ``raw/<date>/<lot>/<wafer>/D<nnnn>.png`` with a KLARF per
+wafer folder (die index and position of each defect), one deliberately truncated image (so
+the quarantine shows up), and engineer-confirmed shots under ``confirmed/`` with masks.
+Every image is drawn by :mod:`semclip.synth` from (seed, label, index), so reseeding writes
+the same bytes and a re-run of the demo is a re-run of the same night.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from semclip.io import storage
+from semclip.synth import LABELS, render_sample, sample_rng
+from semclip.synth.databar import databar_rows
+from tasks.common import IO_RETRIES, BucketRef
+
+__all__ = ["DemoSeed", "PredictionSummary", "seed_demo_bucket", "summarize_predictions"]
+
+LOTS = ("LOT-A17", "LOT-B03")
+WAFERS = ("W01", "W02")
+TRUNCATED_NAME = "D9999.png"  # the one broken file of the first date
+DATABAR_FRAC = 0.08  # render_sample's default databar height
+_CONFIRMED_SEED_OFFSET = 1000  # confirmed shots are other images than the nightly dumps
+
+
+@dataclass(frozen=True)
+class DemoSeed:
+    """What the seeding wrote."""
+
+    dates: list[dt.date]
+    raw_images: int
+    confirmed_shots: int
+    databar_bottom: int  # rows of databar the synthetic images carry at the bottom
+
+
+@dataclass(frozen=True)
+class PredictionSummary:
+    """Counts read back from the predictions Parquet of the given dates."""
+
+    rows: int
+    by_class: dict[str, int]
+    by_lot_wafer: dict[str, dict[str, int]]  # "lot/wafer" -> class -> count
+    needs_review: int
+    model_versions: list[str]
+    quarantined: int  # distinct inputs in quarantine for these dates
+    parquet_uri: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@task(name="seed_demo_bucket", cache_policy=NO_CACHE, **IO_RETRIES)
+def seed_demo_bucket(
+    bucket: BucketRef,
+    dates: list[dt.date],
+    images_per_date: int,
+    confirmed_per_class: int,
+    size: int,
+    seed: int,
+) -> DemoSeed:
+    """Write the synthetic dumps and confirmed shots (idempotent: same bytes each time)."""
+    fs, root = bucket.open(create=True)
+    rows = databar_rows(size, "bottom", DATABAR_FRAC)
+    for day, date in enumerate(dates):
+        for i in range(images_per_date):
+            label = LABELS[i % len(LABELS)]
+            sample = render_sample(label, sample_rng(seed + day, label, i), size=size)
+            lot, wafer = LOTS[i % len(LOTS)], WAFERS[(i // len(LOTS)) % len(WAFERS)]
+            path = f"{root}/raw/{date.isoformat()}/{lot}/{wafer}/D{i + 1:04d}.png"
+            fs.pipe_file(path, _png(sample.image))
+        for lot in LOTS:
+            for wafer in WAFERS:
+                klarf = _klarf(lot, wafer, [i for i in range(images_per_date)], len(LOTS))
+                fs.pipe_file(f"{root}/raw/{date.isoformat()}/{lot}/{wafer}/{wafer}.klarf", klarf)
+    if dates:
+        good = _png(render_sample("good", sample_rng(seed, "good", 0), size=size).image)
+        broken = f"{root}/raw/{dates[0].isoformat()}/{LOTS[0]}/{WAFERS[0]}/{TRUNCATED_NAME}"
+        fs.pipe_file(broken, good[: len(good) // 3])
+    lines = ["image_uri,label,mask_uri,confirmed_at,reviewer"]
+    stamp = dt.datetime(2026, 10, 1, 8, 0, tzinfo=dt.UTC)
+    for label in LABELS:
+        for i in range(confirmed_per_class):
+            sample = render_sample(
+                label, sample_rng(seed + _CONFIRMED_SEED_OFFSET, label, i), size=size
+            )
+            image = f"confirmed/images/{label}/{label}_{i:03d}.png"
+            fs.pipe_file(f"{root}/{image}", _png(sample.image))
+            mask = ""
+            if label != "good":
+                mask = f"confirmed/masks/{label}/{label}_{i:03d}.png"
+                fs.pipe_file(f"{root}/{mask}", _png(sample.mask.astype(np.uint8) * 255))
+            when = (stamp + dt.timedelta(hours=i)).isoformat()
+            lines.append(f"{image},{label},{mask},{when},demo-engineer")
+    fs.pipe_file(f"{root}/confirmed/shots.csv", ("\n".join(lines) + "\n").encode())
+    fs.invalidate_cache()
+    return DemoSeed(
+        dates=list(dates),
+        raw_images=len(dates) * images_per_date + (1 if dates else 0),
+        confirmed_shots=len(LABELS) * confirmed_per_class,
+        databar_bottom=rows,
+    )
+
+
+@task(name="summarize_predictions", cache_policy=NO_CACHE, **IO_RETRIES)
+def summarize_predictions(bucket: BucketRef, dates: list[dt.date]) -> PredictionSummary:
+    """Per-class and per-lot/wafer counts of the dates' partitions, read back from Parquet."""
+    fs, root = bucket.open()
+    table = storage.predictions_dataset(fs, root).to_table(use_threads=False)
+    frame = table.select(
+        ["date", "predicted_class", "lot_id", "wafer_id", "needs_review", "model_version"]
+    ).to_pandas()
+    frame = frame[frame["date"].isin(dates)]
+    by_lot_wafer: dict[str, dict[str, int]] = {}
+    for (lot, wafer), group in frame.groupby(["lot_id", "wafer_id"], dropna=False):
+        by_lot_wafer[f"{lot}/{wafer}"] = dict(Counter(group["predicted_class"]))
+    quarantined = len(  # distinct inputs: a re-run quarantines the same file again
+        {
+            uri
+            for d in dates
+            for uri in storage.read_quarantine(fs, root, d)["image_uri"].to_pylist()
+        }
+    )
+    return PredictionSummary(
+        rows=len(frame),
+        by_class=dict(Counter(frame["predicted_class"])),
+        by_lot_wafer=by_lot_wafer,
+        needs_review=int(frame["needs_review"].fillna(False).sum()),
+        model_versions=sorted(set(frame["model_version"])),
+        quarantined=quarantined,
+        parquet_uri=fs.unstrip_protocol(f"{root}/predictions"),
+    )
+
+
+def _png(array: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(array).save(out, format="PNG", compress_level=1)
+    return out.getvalue()
+
+
+def _klarf(lot: str, wafer: str, indices: list[int], n_lots: int) -> bytes:
+    """A minimal KLARF 1.2 for one wafer folder: die index and position of its defects."""
+    rows = []
+    for i in indices:
+        lot_i, wafer_i = i % n_lots, (i // n_lots) % len(WAFERS)
+        if LOTS[lot_i] != lot or WAFERS[wafer_i] != wafer:
+            continue
+        rows.append(f" {i + 1} {100.0 + 7.5 * i:.1f} {250.0 - 3.25 * i:.2f} {i % 5} {-(i % 3)}")
+    body = "\n".join(rows) if rows else ""
+    text = (
+        "FileVersion 1 2;\n"
+        f'LotID "{lot}";\n'
+        f'WaferID "{wafer}";\n'
+        "DefectRecordSpec 5 DEFECTID XREL YREL XINDEX YINDEX;\n"
+        f"DefectList\n{body};\n"
+        "EndOfFile;\n"
+    )
+    return text.encode()

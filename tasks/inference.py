@@ -1,0 +1,235 @@
+"""Tasks of the nightly inference: list, describe, predict shards, write the date partition.
+
+Idempotency: a shard reads each image's bytes, and an image whose (content hash, model
+version) already has a row in the date's partition is not predicted again; the final write
+(:func:`semclip.io.storage.write_partition`) rewrites the partition as the union of the
+rows kept and the new ones. Shards hand their rows to the write step through small staged
+Parquet files under ``staging/`` in the bucket, so tasks pass URIs, and a failed write can
+be retried without predicting again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import hashlib
+import logging
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from semclip.io import storage
+from semclip.io.pipeline_schema import PIPELINE_PREDICTION_SCHEMA, pipeline_records_to_table
+from semclip.prediction import Prediction
+from semclip.refit import fetch_bytes
+from semclip.registry import ModelRef, Registry
+from tasks.common import IO_RETRIES, BucketRef
+
+__all__ = [
+    "ShardResult",
+    "WriteResult",
+    "describe_images",
+    "list_images",
+    "predict_shard",
+    "prediction_rows",
+    "read_done_hashes",
+    "resolve_model",
+    "write_predictions",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    """What one shard did: counts, and where its rows wait for the partition write."""
+
+    index: int
+    staged_uri: str | None  # Parquet of new rows; None when nothing was predicted
+    n_images: int
+    n_predicted: int
+    n_kept: int  # already in the partition for this model version: not recomputed
+    n_quarantined: int
+    quarantine_uri: str | None
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """The partition write: storage's report plus duplicates sent to quarantine."""
+
+    partition: storage.PartitionWrite
+    n_duplicates: int  # images with the same bytes as another image of the run
+    quarantine_uri: str | None
+
+
+@task(name="resolve_model", **IO_RETRIES)
+def resolve_model(registry: Registry, reference: str | None) -> ModelRef:
+    """The registered version to predict with: an alias (default champion) or a version."""
+    return registry.resolve(reference)
+
+
+@task(name="list_images", **IO_RETRIES)
+def list_images(bucket: BucketRef, run_date: dt.date) -> list[str]:
+    """URIs of the images under raw/<run_date>/ and only there (fails on a missing bucket)."""
+    fs, root = bucket.open()
+    return storage.list_raw_images(fs, root, run_date)
+
+
+@task(name="describe_images", **IO_RETRIES)
+def describe_images(
+    bucket: BucketRef, run_date: dt.date, uris: list[str], path_regex: str
+) -> storage.ImageDescriptions:
+    """Lot/wafer/defect ids and die positions per image, from its path and a KLARF beside it."""
+    fs, root = bucket.open()
+    return storage.describe_images(fs, root, run_date, uris, path_regex)
+
+
+@task(name="read_done_hashes", **IO_RETRIES)
+def read_done_hashes(bucket: BucketRef, run_date: dt.date, model_version: str) -> list[str]:
+    """Content hashes already predicted by ``model_version`` in the date's partition."""
+    fs, root = bucket.open()
+    return sorted(
+        sha
+        for sha, version in storage.existing_keys(fs, root, run_date)
+        if version == model_version
+    )
+
+
+@task(name="predict_shard", cache_policy=NO_CACHE)
+def predict_shard(
+    bucket: BucketRef,
+    registry: Registry,
+    model: ModelRef,
+    run_date: dt.date,
+    index: int,
+    uris: list[str],
+    fields: Mapping[str, Mapping[str, Any]],
+    done_hashes: Iterable[str],
+    flow_run_id: str | None,
+    tiff_page: int = 0,
+) -> ShardResult:
+    """Predict the images of one shard that the partition lacks; quarantine unreadable ones.
+
+    No retries: this is compute, and the I/O inside (fetching bytes, staging rows) goes
+    through fsspec, whose S3 client already retries transient errors.
+    """
+    fs, root = bucket.open()
+    done = set(done_hashes)
+    data = fetch_bytes(fs, uris)
+    quarantine: list[dict[str, Any]] = []
+    todo: list[tuple[str, bytes]] = []
+    for uri in uris:
+        value = data[uri]
+        if isinstance(value, Exception):
+            quarantine.append(_quarantine_row(uri, f"cannot fetch: {value}", flow_run_id))
+        elif hashlib.sha256(value).hexdigest() not in done:
+            todo.append((uri, value))
+    n_kept = len(uris) - len(todo) - len(quarantine)
+    predictions: list[Prediction] = []
+    if todo:
+        loaded = registry.load_cached(model)
+        config = dataclasses.replace(loaded.predict_config, tiff_page=tiff_page)
+        predictions = loaded.predict([b for _, b in todo], uris=[u for u, _ in todo], config=config)
+    good = [p for p in predictions if p.ok]
+    quarantine += [
+        _quarantine_row(p.image_uri, p.error, flow_run_id) for p in predictions if not p.ok
+    ]
+    table = prediction_rows(good, fields, flow_run_id, dt.datetime.now(dt.UTC))
+    staged = _stage(fs, root, run_date, flow_run_id, index, table) if table.num_rows else None
+    quarantined = storage.write_quarantine(fs, root, run_date, quarantine)
+    return ShardResult(index, staged, len(uris), len(good), n_kept, len(quarantine), quarantined)
+
+
+@task(name="write_predictions", **IO_RETRIES)
+def write_predictions(
+    bucket: BucketRef, run_date: dt.date, staged_uris: list[str], flow_run_id: str | None
+) -> WriteResult:
+    """Rewrite the date's partition as its kept rows plus the staged new rows, then clean up.
+
+    Two images with the same bytes share a key (content hash, model version): the first by
+    URI is written, the others go to quarantine as duplicates, so the write never fails on a
+    repeated key.
+    """
+    fs, root = bucket.open()
+    tables = [_read_staged(fs, uri) for uri in staged_uris]
+    table = pa.concat_tables(tables) if tables else PIPELINE_PREDICTION_SCHEMA.empty_table()
+    table, duplicates = _drop_duplicate_hashes(table, flow_run_id)
+    if table.num_rows:
+        result = storage.write_partition(fs, root, run_date, table)
+    else:  # nothing new: the partition stays as it is; report what it holds
+        current = storage.read_partition(fs, root, run_date, columns=["image_uri"]).num_rows
+        empty = storage.write_partition(fs, root, run_date, table)
+        result = dataclasses.replace(empty, rows_kept=current)
+    quarantined = storage.write_quarantine(fs, root, run_date, duplicates)
+    _remove_staged(fs, staged_uris)
+    return WriteResult(result, len(duplicates), quarantined)
+
+
+def prediction_rows(
+    predictions: Sequence[Prediction],
+    fields: Mapping[str, Mapping[str, Any]],
+    flow_run_id: str | None,
+    inferred_at: dt.datetime,
+) -> pa.Table:
+    """Pipeline rows: each prediction's record plus its ids/positions and run lineage."""
+    records = []
+    for p in predictions:
+        extra = dict(fields.get(p.image_uri, {}))
+        records.append(
+            {**p.to_record(), **extra, "flow_run_id": flow_run_id, "inferred_at": inferred_at}
+        )
+    return pipeline_records_to_table(records)
+
+
+def _quarantine_row(uri: str, reason: str | None, flow_run_id: str | None) -> dict[str, Any]:
+    return {"image_uri": uri, "reason": reason or "unknown error", "flow_run_id": flow_run_id}
+
+
+def _stage(
+    fs: Any, root: str, run_date: dt.date, flow_run_id: str | None, index: int, table: pa.Table
+) -> str:
+    run = flow_run_id or uuid.uuid4().hex
+    path = f"{root}/staging/nightly/date={run_date.isoformat()}/{run}/shard-{index:05d}.parquet"
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    with fs.open(path, "wb") as f:
+        pq.write_table(table, f)
+    return fs.unstrip_protocol(path)
+
+
+def _read_staged(fs: Any, uri: str) -> pa.Table:
+    with fs.open(fs._strip_protocol(uri), "rb") as f:
+        table = pq.read_table(f, use_threads=False)
+    return pa.Table.from_arrays(table.columns, schema=PIPELINE_PREDICTION_SCHEMA)
+
+
+def _remove_staged(fs: Any, staged_uris: list[str]) -> None:
+    """Delete the staged shard files and their run folder (a local bucket keeps folders)."""
+    folders = {fs._strip_protocol(uri).rsplit("/", 1)[0] for uri in staged_uris}
+    for uri in staged_uris:
+        fs.rm(fs._strip_protocol(uri))
+    for folder in folders:
+        with contextlib.suppress(FileNotFoundError):  # object stores have no folders
+            fs.rm(folder, recursive=True)
+
+
+def _drop_duplicate_hashes(
+    table: pa.Table, flow_run_id: str | None
+) -> tuple[pa.Table, list[dict[str, Any]]]:
+    table = table.sort_by([("image_uri", "ascending")])
+    seen: dict[tuple[str, str], str] = {}
+    keep, duplicates = [], []
+    columns = ("image_uri", "image_sha256", "model_version")
+    for uri, sha, version in zip(*(table.column(c).to_pylist() for c in columns), strict=True):
+        first = seen.setdefault((sha, version), uri)
+        keep.append(first == uri)
+        if first != uri:
+            reason = f"same bytes (SHA-256 {sha[:12]}…) as {first}, predicted under that URI"
+            duplicates.append(_quarantine_row(uri, reason, flow_run_id))
+    return table.filter(pa.array(keep, pa.bool_())), duplicates

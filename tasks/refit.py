@@ -1,0 +1,262 @@
+"""Tasks of the refit: gather confirmed shots, split, fit, evaluate both models, register, alias.
+
+The candidate is written to a local staging folder and passed on by path; the champion by
+its registry ref. Only the registry calls and the bucket reads retry (on transient errors).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from semclip.io import storage
+from semclip.refit import (
+    GateConfig,
+    GateDecision,
+    HoldoutMetrics,
+    RefitError,
+    Shot,
+    evaluate,
+    exclude_trained,
+    gate,
+    hash_shots,
+    load_holdout,
+    select_support,
+    shots_from_frame,
+    split_shots,
+    support_items,
+)
+from semclip.registry import CHALLENGER, CHAMPION, ModelRef, Registry
+from tasks.common import IO_RETRIES, BucketRef
+
+__all__ = [
+    "Candidate",
+    "Evaluation",
+    "SplitResult",
+    "decide_promotion",
+    "evaluate_models",
+    "fit_candidate",
+    "hash_confirmed_shots",
+    "load_confirmed_shots",
+    "register_candidate",
+    "remove_staging",
+    "resolve_champion",
+    "split_confirmed_shots",
+    "update_aliases",
+]
+
+
+@dataclass(frozen=True)
+class SplitResult:
+    """The support (capped, newest first) and the hold-out of this refit."""
+
+    support: list[Shot]
+    holdout: list[Shot]
+    n_train: int  # train-side shots before the cap
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A fitted, saved candidate: its folder and what it was fitted on."""
+
+    model_dir: str
+    backbone: str  # as Backbone.describe() says it, random weights flagged
+    random_backbone: bool
+    shots_per_class: dict[str, int]
+    skipped: list[str] = field(default_factory=list)  # support shots left out, with reasons
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Candidate and champion on the same hold-out images."""
+
+    candidate: HoldoutMetrics
+    champion: HoldoutMetrics | None
+    n_holdout: int  # images both were scored on
+    dropped: list[str] = field(default_factory=list)  # hold-out images a model trained on
+    problems: list[str] = field(default_factory=list)  # hold-out shots that could not be read
+
+
+@task(name="load_confirmed_shots", **IO_RETRIES)
+def load_confirmed_shots(bucket: BucketRef) -> list[Shot]:
+    """Every confirmed shot under confirmed/ (latest review per image), newest first."""
+    fs, root = bucket.open()
+    return shots_from_frame(storage.read_confirmed(fs, root))
+
+
+@task(name="hash_confirmed_shots", **IO_RETRIES)
+def hash_confirmed_shots(bucket: BucketRef, shots: list[Shot]) -> tuple[list[Shot], list[str]]:
+    """Content hash of each shot's image (what the split uses); unreadable ones listed."""
+    fs, _ = bucket.open()
+    return hash_shots(fs, shots)
+
+
+@task(name="split_confirmed_shots", cache_policy=NO_CACHE)
+def split_confirmed_shots(
+    shots: list[Shot], holdout_fraction: float, cap_per_class: int
+) -> SplitResult:
+    """Train/hold-out by content hash, then the capped newest-first support from train."""
+    train, holdout = split_shots(shots, holdout_fraction)
+    return SplitResult(select_support(train, cap_per_class), holdout, len(train))
+
+
+@task(name="fit_candidate", cache_policy=NO_CACHE)
+def fit_candidate(
+    bucket: BucketRef,
+    support: list[Shot],
+    *,
+    backbone: str,
+    pretrained: str | None,
+    fit_config: dict[str, Any],
+    databar: dict[str, int],
+    model_name: str,
+    out_dir: str,
+    lineage: dict[str, Any],
+    device: str | None = None,
+) -> Candidate:
+    """Fit the heads on the support shots and save the model directory to ``out_dir``."""
+    from semclip.artifact import save_model
+    from semclip.backbone import load_backbone
+    from semclip.config import FitConfig
+    from semclip.data.databar import DatabarCrop
+    from semclip.model import SemclipModel, shots_per_class
+
+    fs, _ = bucket.open()
+    items, skipped = support_items(fs, support)
+    if not items:
+        raise RefitError("none of the support shots could be read: " + "; ".join(skipped[:5]))
+    loaded = load_backbone(backbone, pretrained, device)
+    model = SemclipModel.fit(
+        loaded,
+        items,
+        config=FitConfig.from_dict(fit_config),
+        databar=DatabarCrop.from_dict(databar),
+        name=model_name,
+    )
+    model.version = "candidate"
+    model.lineage["refit"] = {**lineage, "support_skipped": skipped}
+    save_model(model, out_dir)
+    return Candidate(
+        model_dir=out_dir,
+        backbone=loaded.describe(),
+        random_backbone=loaded.random_weights,
+        shots_per_class=shots_per_class(items),
+        skipped=skipped,
+    )
+
+
+@task(name="resolve_champion", **IO_RETRIES)
+def resolve_champion(registry: Registry) -> ModelRef | None:
+    """The current champion, or ``None`` when there is none yet (first refit)."""
+    return registry.alias(CHAMPION)
+
+
+@task(name="evaluate_models", cache_policy=NO_CACHE)
+def evaluate_models(
+    bucket: BucketRef,
+    holdout: list[Shot],
+    candidate_dir: str,
+    registry: Registry,
+    champion: ModelRef | None,
+) -> Evaluation:
+    """Score the candidate and the champion on the same hold-out images.
+
+    Images either model trained on (its lineage lists their hash) are dropped for both,
+    so neither is judged on its own support.
+    """
+    from semclip.artifact import load_model
+
+    candidate = load_model(candidate_dir)
+    champion_model = registry.load(champion) if champion is not None else None
+    kept, dropped = exclude_trained(holdout, candidate.lineage)
+    if champion_model is not None:
+        kept, dropped_champion = exclude_trained(kept, champion_model.lineage)
+        dropped += dropped_champion
+    fs, _ = bucket.open()
+    images = load_holdout(fs, kept)
+    return Evaluation(
+        candidate=evaluate(candidate, images),
+        champion=evaluate(champion_model, images) if champion_model is not None else None,
+        n_holdout=len(images),
+        dropped=[s.image_uri for s in dropped],
+        problems=list(images.problems),
+    )
+
+
+@task(name="decide_promotion", cache_policy=NO_CACHE)
+def decide_promotion(
+    evaluation: Evaluation, has_champion: bool, config: GateConfig
+) -> GateDecision:
+    """The gate: does champion move to the candidate?"""
+    return gate(evaluation.candidate, evaluation.champion, has_champion=has_champion, config=config)
+
+
+@task(name="register_candidate")
+def register_candidate(
+    registry: Registry,
+    candidate: Candidate,
+    evaluation: Evaluation,
+    decision: GateDecision,
+    params: dict[str, Any],
+    champion: ModelRef | None,
+    flow_run_id: str | None,
+) -> ModelRef:
+    """Log params, hold-out metrics of both models, lineage and the decision; register.
+
+    No retries: a retry after a half-done registration would register a second version.
+    """
+    metrics: dict[str, float | None] = {
+        **evaluation.candidate.loggable("candidate"),
+        "holdout.n_images": float(evaluation.n_holdout),
+        "gate.f1_gain": decision.f1_gain,
+        "gate.pixel_f1_drop": decision.pixel_f1_drop,
+    }
+    if evaluation.champion is not None:
+        metrics.update(evaluation.champion.loggable("champion"))
+    tags = {
+        "semclip.gate": "promote" if decision.promote else "hold",
+        "semclip.backbone": candidate.backbone,
+        "semclip.champion_before": champion.version if champion else "none",
+        "semclip.flow_run_id": flow_run_id or "none",
+    }
+    documents = {
+        "gate.json": decision.to_dict(),
+        "holdout_metrics.json": {
+            "candidate": evaluation.candidate.to_dict(),
+            "champion": evaluation.champion.to_dict() if evaluation.champion else None,
+            "dropped": evaluation.dropped,
+            "problems": evaluation.problems,
+        },
+        "support.json": {
+            "shots_per_class": candidate.shots_per_class,
+            "skipped": candidate.skipped,
+        },
+    }
+    return registry.log_version(
+        candidate.model_dir,
+        run_name=f"refit-{flow_run_id or 'local'}",
+        params=params,
+        metrics=metrics,
+        tags=tags,
+        documents=documents,
+    )
+
+
+@task(name="update_aliases")
+def update_aliases(registry: Registry, version: ModelRef, promote: bool) -> ModelRef | None:
+    """``challenger`` → the new version always; ``champion`` only when the gate said so."""
+    registry.set_alias(CHALLENGER, version.version)
+    if promote:
+        registry.promote(version.version, CHAMPION)
+    return registry.alias(CHAMPION)
+
+
+@task(name="remove_staging", cache_policy=NO_CACHE)
+def remove_staging(folder: str) -> None:
+    """Delete the candidate's local staging folder once MLflow holds a copy."""
+    shutil.rmtree(Path(folder), ignore_errors=True)

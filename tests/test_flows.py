@@ -1,0 +1,385 @@
+"""The flows end to end: real Prefect runs, real MLflow registry, file:// and moto S3 buckets.
+
+Every flow here runs under one session-wide Prefect test server (``prefect_server``). The
+model is the tiny random-weight backbone, so the tests assert counts, columns, idempotency
+and failure behaviour, never prediction quality.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pytest
+import yaml
+
+from flows.backfill import backfill
+from flows.nightly import NightlyReport, nightly_inference
+from flows.params import BackfillParams, NightlyParams
+from flows.refit import refit
+from semclip.io import storage
+from semclip.model import SemclipModel
+from semclip.registry import CHALLENGER, CHAMPION
+
+if TYPE_CHECKING:
+    from conftest_pipeline import Kit, PipelineEnv
+
+pytest_plugins = ["conftest_pipeline"]
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class PredictSpy:
+    """Wraps SemclipModel.predict and records every URI it is asked to predict."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.uris: list[str] = []
+        original = SemclipModel.predict
+
+        def spy(model: SemclipModel, images: Any, *, uris: Any = None, **kwargs: Any) -> Any:
+            self.uris.extend(uris or [])
+            return original(model, images, uris=uris, **kwargs)
+
+        monkeypatch.setattr(SemclipModel, "predict", spy)
+
+
+def _failure(state: Any) -> str:
+    assert state.is_failed(), state
+    return str(state.message)
+
+
+# --------------------------------------------------------------------------- nightly
+
+
+def test_nightly_quarantines_corrupt_inputs_and_reruns_idempotently(
+    kit: Kit, pipeline_env: PipelineEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fs, root = pipeline_env.fs, pipeline_env.root
+    good = kit.write_raw_dump(fs, root, kit.RUN_DATE, 6)
+    kit.write_raw_dump(
+        fs, root, kit.RUN_DATE + dt.timedelta(days=1), 2, corrupt=False
+    )  # not this date
+    spy = PredictSpy(monkeypatch)
+
+    first = nightly_inference(run_date=kit.RUN_DATE.isoformat())
+
+    assert isinstance(first, NightlyReport)
+    assert (first.images, first.predicted, first.kept, first.quarantined) == (8, 6, 0, 2)
+    assert first.rows_total == 6 and first.model_version == "1" and first.random_backbone
+    assert len(spy.uris) == 8 and all(kit.RUN_DATE.isoformat() in u for u in spy.uris)
+    rows = storage.read_partition(fs, root, kit.RUN_DATE).to_pylist()
+    assert sorted(r["image_uri"] for r in rows) == sorted(fs.unstrip_protocol(p) for p in good)
+    by_defect = {r["defect_id"]: r for r in rows}
+    d2 = by_defect["D0002"]
+    assert (d2["lot_id"], d2["wafer_id"], d2["die_x_index"], d2["die_y_index"]) == (
+        "LOT7",
+        "W03",
+        1,
+        -1,
+    )
+    assert (d2["x_rel_um"], d2["y_rel_um"]) == (21.0, 40.5)
+    assert all(r["model_name"] == "semclip-sem" and r["model_version"] == "1" for r in rows)
+    assert all(r["flow_run_id"] and r["inferred_at"] for r in rows)
+    assert all(r["error"] is None and r["predicted_class"] for r in rows)
+    quarantine = storage.read_quarantine(fs, root, kit.RUN_DATE).to_pylist()
+    reasons = {Path(q["image_uri"]).name: q["reason"] for q in quarantine}
+    assert set(reasons) == {"garbage.png", "truncated.png"}
+    assert "truncated" in reasons["truncated.png"]
+    assert not fs.exists(f"{root}/staging/nightly/date={kit.RUN_DATE}/{rows[0]['flow_run_id']}")
+
+    # Re-run: nothing recomputed for kept rows (only the two broken files are retried).
+    spy.uris.clear()
+    second = nightly_inference(run_date=kit.RUN_DATE.isoformat())
+    assert (second.predicted, second.kept, second.rows_total) == (0, 6, 6)
+    assert sorted(Path(u).name for u in spy.uris) == ["garbage.png", "truncated.png"]
+    again = storage.read_partition(fs, root, kit.RUN_DATE).to_pylist()
+    assert again == rows  # same rows, same run ids and times: kept, not rewritten
+    files = storage._parquet_files(fs, f"{root}/predictions/date={kit.RUN_DATE}")
+    assert len(files) == 1  # no stale files
+
+    # A new image arrives: only it is predicted; the partition is the union.
+    fs.pipe_file(
+        f"{root}/raw/{kit.RUN_DATE}/LOT7/W04/D0101.png", kit.synth_png("bridge", 42, seed=5)
+    )
+    spy.uris.clear()
+    third = nightly_inference(run_date=kit.RUN_DATE.isoformat())
+    new_uri = fs.unstrip_protocol(f"{root}/raw/{kit.RUN_DATE}/LOT7/W04/D0101.png")
+    assert new_uri in spy.uris and not set(spy.uris) & {fs.unstrip_protocol(p) for p in good}
+    assert (third.predicted, third.kept, third.rows_total) == (1, 6, 7)
+    final = storage.read_partition(fs, root, kit.RUN_DATE)
+    hashes, versions = final["image_sha256"].to_pylist(), final["model_version"].to_pylist()
+    keys = list(zip(hashes, versions, strict=True))
+    assert len(keys) == len(set(keys))  # never a duplicate
+    assert len(storage._parquet_files(fs, f"{root}/predictions/date={kit.RUN_DATE}")) == 1
+
+
+def test_nightly_on_s3(
+    kit: Kit,
+    s3_endpoint: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    registry_templates: Any,
+) -> None:
+    url = f"s3://semclip-flows-{uuid.uuid4().hex[:12]}"
+    fs, root = storage.open_bucket(url, endpoint_url=s3_endpoint, create=True)
+    registry = kit.copy_registry(registry_templates, "champion", tmp_path / "registry")
+    kit.use_environment(monkeypatch, tmp_path / "home", url, s3_endpoint, registry)
+    kit.write_raw_dump(fs, root, kit.RUN_DATE, 3)
+
+    report = nightly_inference(run_date=kit.RUN_DATE.isoformat())
+
+    assert (report.images, report.predicted, report.quarantined) == (5, 3, 2)
+    assert report.partition_uri == f"{url}/predictions/date={kit.RUN_DATE}"
+    table = storage.read_partition(fs, root, kit.RUN_DATE)
+    assert table.num_rows == 3 and all(
+        u.startswith("s3://") for u in table["image_uri"].to_pylist()
+    )
+    assert storage.read_quarantine(fs, root, kit.RUN_DATE).num_rows == 2
+    dataset = storage.predictions_dataset(fs, root).to_table()
+    assert dataset.schema.field("date").type == pa.date32()
+    assert set(dataset["date"].to_pylist()) == {kit.RUN_DATE}
+
+
+def test_nightly_empty_date_completes_with_zero_counts(pipeline_env: PipelineEnv) -> None:
+    report = nightly_inference(run_date="2026-10-31")
+    assert (report.images, report.predicted, report.quarantined, report.rows_total) == (0, 0, 0, 0)
+    assert not pipeline_env.fs.exists(f"{pipeline_env.root}/predictions/date=2026-10-31")
+
+
+def test_nightly_missing_bucket_fails_clearly(
+    kit: Kit, pipeline_env: PipelineEnv, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("SEMCLIP_BUCKET", f"file://{tmp_path / 'no-such-bucket'}")
+    state = nightly_inference(run_date=kit.RUN_DATE.isoformat(), return_state=True)
+    message = _failure(state)
+    assert "no-such-bucket" in message and "does not exist" in message
+
+
+def test_nightly_without_champion_fails_clearly(
+    kit: Kit,
+    pipeline_env: PipelineEnv,
+    monkeypatch: pytest.MonkeyPatch,
+    registry_templates: Any,
+    tmp_path: Path,
+) -> None:
+    empty = kit.copy_registry(registry_templates, "empty", tmp_path / "empty-registry")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", empty.tracking_uri)
+    message = _failure(nightly_inference(run_date=kit.RUN_DATE.isoformat(), return_state=True))
+    assert "no registered model 'semclip-sem'" in message and "refit" in message
+
+
+def test_nightly_pinned_version_and_missing_version(kit: Kit, pipeline_env: PipelineEnv) -> None:
+    kit.write_raw_dump(pipeline_env.fs, pipeline_env.root, kit.RUN_DATE, 1, corrupt=False)
+    assert nightly_inference(run_date=str(kit.RUN_DATE), model_version=1).predicted == 1
+    message = _failure(
+        nightly_inference(run_date=str(kit.RUN_DATE), model_version="9", return_state=True)
+    )
+    assert "has no version 9" in message and "versions: 1" in message
+
+
+@pytest.mark.parametrize("bad", ["2026-13-01", "yesterday", "2026-11-1", "2999-01-01"])
+def test_nightly_params_reject_bad_run_dates(bad: str) -> None:
+    with pytest.raises(ValueError, match="run_date"):
+        NightlyParams.build(bad, None, "UTC")
+
+
+def test_nightly_fails_on_a_bad_run_date_before_any_work(
+    kit: Kit, pipeline_env: PipelineEnv
+) -> None:
+    kit.write_raw_dump(pipeline_env.fs, pipeline_env.root, kit.RUN_DATE, 1, corrupt=False)
+    message = _failure(nightly_inference(run_date="2026-11-31", return_state=True))
+    assert "run_date '2026-11-31' is not a valid date" in message
+    assert not pipeline_env.fs.exists(f"{pipeline_env.root}/predictions")
+
+
+def test_nightly_params_default_to_yesterday_in_fab_timezone() -> None:
+    params = NightlyParams.build(None, None, "Pacific/Kiritimati")
+    from flows.params import today_in
+
+    assert params.run_date == today_in("Pacific/Kiritimati") - dt.timedelta(days=1)
+    assert NightlyParams.build("2026-11-01", 3, "UTC").model_version == "3"
+
+
+# --------------------------------------------------------------------------- backfill
+
+
+def _runs_of(deployment_id: str) -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+        )
+
+
+@pytest.fixture(scope="module")
+def nightly_deployment(prefect_server: None) -> str:
+    """The nightly flow registered as nightly-inference/nightly (no worker: runs stay queued)."""
+    return str(nightly_inference.to_deployment(name="nightly").apply())
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "words"),
+    [
+        ("2026-11-05", "2026-11-01", "is after end"),
+        ("2026-02-30", "2026-03-02", "not a valid date"),
+        ("11/01/2026", "2026-11-02", "YYYY-MM-DD"),
+        ("2020-01-01", "2026-01-01", "at most 366"),
+        (str(dt.date.today()), str(dt.date.today() + dt.timedelta(days=3)), "in the future"),
+    ],
+)
+def test_backfill_params_reject_bad_ranges(start: str, end: str, words: str) -> None:
+    with pytest.raises(ValueError, match=words):
+        BackfillParams.build(start, end, "req", None, "nightly-inference/nightly", "UTC")
+
+
+def test_backfill_rejects_a_bad_range_before_scheduling(
+    pipeline_env: PipelineEnv, nightly_deployment: str
+) -> None:
+    before = len(_runs_of(nightly_deployment))
+    message = _failure(backfill(start="2026-11-05", end="2026-11-01", return_state=True))
+    assert "start 2026-11-05 is after end 2026-11-01" in message
+    assert len(_runs_of(nightly_deployment)) == before
+
+
+def test_backfill_schedules_one_run_per_date_idempotently(
+    pipeline_env: PipelineEnv, nightly_deployment: str
+) -> None:
+    first = backfill(start="2026-10-01", end="2026-10-03", request_id="req-1")
+    assert first.dates == [dt.date(2026, 10, d) for d in (1, 2, 3)]
+    runs = {str(r.id): r for r in _runs_of(nightly_deployment)}
+    assert set(first.flow_run_ids) <= set(runs)
+    assert [runs[i].parameters["run_date"] for i in first.flow_run_ids] == [
+        "2026-10-01",
+        "2026-10-02",
+        "2026-10-03",
+    ]
+    again = backfill(start="2026-10-01", end="2026-10-03", request_id="req-1")
+    assert again.flow_run_ids == first.flow_run_ids  # a retried backfill makes no duplicates
+    later = backfill(start="2026-10-02", end="2026-10-02", request_id="req-2")
+    assert later.flow_run_ids[0] not in first.flow_run_ids  # a new backfill runs again
+
+
+def test_backfill_unknown_deployment_fails_before_scheduling(pipeline_env: PipelineEnv) -> None:
+    message = _failure(
+        backfill(
+            start="2026-10-01",
+            end="2026-10-01",
+            deployment="nightly-inference/nope",
+            return_state=True,
+        )
+    )
+    assert "prefect deploy" in message
+
+
+def test_backfill_keys_carry_date_and_request_id() -> None:
+    params = BackfillParams.build("2026-10-01", "2026-10-02", "abc", None, "a/b", "UTC")
+    assert params.idempotency_key(dt.date(2026, 10, 2)) == "semclip-backfill/abc/2026-10-02"
+
+
+# --------------------------------------------------------------------------- refit
+
+
+def test_refit_registers_champion_then_gates_an_equal_candidate(
+    kit: Kit, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, registry_templates: Any
+) -> None:
+    url = f"file://{tmp_path / 'bucket'}"
+    fs, root = storage.open_bucket(url, create=True)
+    registry = kit.copy_registry(registry_templates, "empty", tmp_path / "registry")
+    kit.use_environment(monkeypatch, tmp_path / "home", url, None, registry)
+    monkeypatch.setenv("SEMCLIP_SUPPORT_CAP_PER_CLASS", "1")  # k = 1: one cheap fit
+    kit.write_confirmed(fs, root, {"good": 4, "bridge": 4, "scratch": 4})
+    header = "image_uri,label,mask_uri,confirmed_at,reviewer\n"
+    late = header + "confirmed/img/missing.png,good,,2026-10-09,t\n"
+    fs.pipe_file(f"{root}/confirmed/late.csv", late.encode())  # points at a missing image
+    options = {"backbone": "semclip-tiny", "fit": kit.FAST_FIT, "databar_bottom": 5}
+
+    first = refit(**options)
+
+    assert first.version == "1" and first.promoted and first.champion_version == "1"
+    assert "no champion yet" in first.reason and first.random_backbone
+    assert first.n_confirmed == 13 and first.n_support == 3 and first.n_holdout >= 1
+    assert any("missing.png" in p for p in first.problems)
+    assert registry.resolve(CHALLENGER).version == "1"
+    lineage = registry.load(CHAMPION).lineage
+    assert lineage["refit"]["n_holdout"] == first.n_holdout
+    support_hashes = {s["sha256"] for s in lineage["support"]}
+
+    second = refit(**options)  # same shots, same seed: same scores, so no gain
+
+    assert second.version == "2" and not second.promoted and "below the required" in second.reason
+    assert second.champion_version == "1" and second.previous_champion == "1"
+    assert registry.resolve(CHAMPION).version == "1"
+    assert registry.resolve(CHALLENGER).version == "2"
+    assert second.champion_metrics is not None
+    assert second.candidate_metrics["f1"] == second.champion_metrics["f1"]
+    second_lineage = registry.load("2").lineage
+    assert {s["sha256"] for s in second_lineage["support"]} == support_hashes  # fixed split
+    metrics = registry.run_metrics(registry.resolve("2"))
+    assert {"candidate.f1", "champion.f1", "holdout.n_images"} <= set(metrics)
+
+
+def test_refit_without_confirmed_shots_fails_clearly(pipeline_env: PipelineEnv) -> None:
+    message = _failure(refit(backbone="semclip-tiny", return_state=True))
+    assert "no confirmed shots" in message
+
+
+# --------------------------------------------------------------------------- deployments
+
+
+def test_prefect_yaml_declares_the_three_deployments() -> None:
+    spec = yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text())
+    deployments = {d["name"]: d for d in spec["deployments"]}
+    assert set(deployments) == {"nightly", "weekly", "backfill"}
+    nightly = deployments["nightly"]
+    assert nightly["entrypoint"] == "flows/nightly.py:nightly_inference"
+    assert nightly["schedules"][0]["timezone"] == spec["definitions"]["fab_timezone"]
+    assert (
+        nightly["work_pool"]["job_variables"]["env"]["SEMCLIP_TIMEZONE"]
+        == (spec["definitions"]["fab_timezone"])
+    )
+    assert deployments["weekly"]["entrypoint"] == "flows/refit.py:refit"
+    assert deployments["weekly"]["schedules"][0]["timezone"]
+    assert deployments["backfill"]["entrypoint"] == "flows/backfill.py:backfill"
+    for d in deployments.values():
+        assert d["work_pool"]["name"] == "semclip"
+        module, name = d["entrypoint"].split(":")
+        assert (REPO / module).is_file()
+    names = {"nightly-inference": nightly_inference, "refit": refit, "backfill": backfill}
+    assert deployments["backfill"]["parameters"]["deployment"].split("/")[0] in names
+
+
+def test_gpu_limit_exists_and_setup_is_idempotent() -> None:
+    from prefect.client.orchestration import get_client
+
+    from flows.setup import ensure_gpu_limit
+
+    assert ensure_gpu_limit() is False  # created at session set-up already
+    with get_client(sync_client=True) as client:
+        limit = client.read_global_concurrency_limit_by_name("gpu")
+    assert limit.limit == 1 and limit.active
+
+
+@pytest.mark.parametrize(
+    ("error", "retry"),
+    [
+        (ConnectionError("reset by peer"), True),
+        (TimeoutError("slow S3"), True),
+        (OSError("EIO"), True),
+        (FileNotFoundError("no bucket"), False),
+        (PermissionError("denied"), False),
+        (ValueError("bad date"), False),
+    ],
+)
+def test_io_tasks_retry_only_transient_errors(error: Exception, retry: bool) -> None:
+    from prefect.states import Failed
+
+    from tasks.common import retry_on_transient
+
+    assert retry_on_transient(None, None, Failed(data=error)) is retry  # type: ignore[arg-type]

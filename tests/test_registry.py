@@ -1,0 +1,171 @@
+"""The MLflow registry on a real SQLite backend: log, load offline, pyfunc, aliases, promote."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from semclip.artifact import load_model
+from semclip.cli import main
+from semclip.registry import (
+    CHAMPION,
+    ModelNotFoundError,
+    Registry,
+    RegistryError,
+    clear_model_cache,
+    parse_model_uri,
+)
+
+if TYPE_CHECKING:
+    from conftest_pipeline import Kit
+
+pytest_plugins = ["conftest_pipeline"]
+
+
+def test_champion_loads_self_contained_and_predicts_like_the_saved_model(
+    kit: Kit, champion_registry: Registry, small_model_dir: Path
+) -> None:
+    ref = champion_registry.resolve()
+    assert (ref.name, ref.version, ref.random_backbone) == (kit.MODEL_NAME, "1", True)
+    model = champion_registry.load(f"models:/{kit.MODEL_NAME}@{CHAMPION}")
+    assert (model.name, model.version) == (kit.MODEL_NAME, "1")
+    local = champion_registry.local_dir(ref)
+    assert (local / "backbone" / "open_clip_model.safetensors").is_file()  # weights inside
+    assert local.is_relative_to(champion_registry.cache_dir)
+
+    images = [kit.synth_png("particle", 3), kit.synth_png("good", 4)]
+    got = model.predict(images, uris=["a", "b"])
+    want = load_model(small_model_dir).predict(images, uris=["a", "b"])
+    for g, w in zip(got, want, strict=True):
+        assert g.predicted_class == w.predicted_class and g.mask_rle == w.mask_rle
+        assert np.allclose(list(g.probabilities.values()), list(w.probabilities.values()))
+    assert got[0].model_version == "1"
+
+
+def test_pyfunc_serves_the_registered_version(
+    kit: Kit, champion_registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlflow.pyfunc
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", champion_registry.tracking_uri)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", champion_registry.tracking_uri)
+    served = mlflow.pyfunc.load_model(f"models:/{kit.MODEL_NAME}@{CHAMPION}")
+    frame = pd.DataFrame({"image": [kit.synth_png("bridge", 1), b"not an image"]})
+    out = served.predict(frame)
+    assert list(out["predicted_class"].notna()) == [True, False]
+    assert out.loc[0, "predicted_class"] in {"good", "bridge", "particle"}
+    assert "cannot read image" in out.loc[1, "error"]
+    assert set(out.loc[0, "probabilities"]) == {"good", "bridge", "particle"}
+
+
+def test_missing_model_version_and_alias_are_clear_errors(
+    champion_registry: Registry, empty_registry: Registry
+) -> None:
+    with pytest.raises(ModelNotFoundError, match=r"has no version 7 .*\(versions: 1\)"):
+        champion_registry.resolve(7)
+    with pytest.raises(ModelNotFoundError, match="no alias 'challenger'"):
+        champion_registry.resolve("challenger")
+    with pytest.raises(ModelNotFoundError, match="no registered model 'semclip-sem'.*refit"):
+        empty_registry.resolve()
+    assert empty_registry.alias(CHAMPION) is None and empty_registry.versions() == []
+
+
+def test_promote_moves_champion_and_rolls_back(
+    champion_registry: Registry, small_model_dir: Path
+) -> None:
+    second = champion_registry.log_version(small_model_dir, run_name="second")
+    assert second.version == "2" and champion_registry.resolve().version == "1"
+    previous, new = champion_registry.promote(2)
+    assert (previous.version, new.version) == ("1", "2")
+    assert champion_registry.resolve().version == "2"
+    champion_registry.promote("1")  # rollback
+    assert champion_registry.resolve().version == "1"
+    assert champion_registry.versions() == ["1", "2"]
+
+
+def test_promote_cli(
+    champion_registry: Registry,
+    small_model_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("SEMCLIP_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", champion_registry.tracking_uri)
+    champion_registry.log_version(small_model_dir, metrics={"candidate.f1": 0.75})
+    assert main(["promote", "--version", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "champion of semclip-sem: v1 -> v2" in out
+    assert "f1 0.7500" in out and "RANDOM-WEIGHT" in out
+    assert "semclip promote --version 1" in out
+    assert champion_registry.resolve().version == "2"
+    assert main(["promote", "--version", "99"]) == 2
+    assert "has no version 99" in capsys.readouterr().err
+    assert champion_registry.resolve().version == "2"
+
+
+def test_predict_cli_accepts_a_models_uri(
+    kit: Kit, champion_registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pyarrow.parquet as pq
+
+    monkeypatch.setenv("SEMCLIP_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", champion_registry.tracking_uri)
+    image = tmp_path / "one.png"
+    image.write_bytes(kit.synth_png("good", 0))
+    out = tmp_path / "out.parquet"
+    clear_model_cache()
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                f"models:/{kit.MODEL_NAME}@champion",
+                "--out",
+                str(out),
+                str(image),
+            ]
+        )
+        == 0
+    )
+    rows = pq.read_table(out).to_pylist()
+    assert rows[0]["model_version"] == "1" and rows[0]["model_name"] == kit.MODEL_NAME
+    assert (
+        main(["predict", "--model", f"models:/{kit.MODEL_NAME}/5", "--out", str(out), str(image)])
+        == 2
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, ("m", None, "champion")),
+        (3, ("m", "3", "")),
+        ("03", ("m", "3", "")),
+        ("challenger", ("m", None, "challenger")),
+        ("models:/other/12", ("other", "12", "")),
+        ("models:/other@champion", ("other", None, "champion")),
+    ],
+)
+def test_parse_model_uri(value: object, expected: tuple[str, str | None, str]) -> None:
+    assert parse_model_uri(value, "m") == expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("value", ["models:/only-name", "runs:/abc/model", "a b"])
+def test_parse_model_uri_rejects(value: str) -> None:
+    with pytest.raises(RegistryError):
+        parse_model_uri(value, "m")
+
+
+def test_tracking_uri_is_not_leaked_into_the_environment(
+    champion_registry: Registry, monkeypatch: pytest.MonkeyPatch, small_model_dir: Path
+) -> None:
+    import os
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    champion_registry.log_version(small_model_dir)
+    assert "MLFLOW_TRACKING_URI" not in os.environ
