@@ -163,3 +163,9 @@ def test_library_modules_import_neither_prefect_nor_mlflow() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_readme_lists_every_setting_with_its_variable_and_default() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for name, env, default, _ in settings_table():
+        assert f"| `{name}` | `{env}` | `{default}` |" in readme, name
