@@ -18,7 +18,6 @@ import datetime as dt
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
 from semclip.io.schema import PREDICTION_SCHEMA, extend_schema, records_to_table
@@ -67,33 +66,14 @@ QUARANTINE_SCHEMA: pa.Schema = pa.schema(
     metadata={"semclip.schema": "quarantine", "semclip.schema_version": "1"},
 )
 
-_INT32 = (-(2**31), 2**31 - 1)
-
 
 def pipeline_records_to_table(records: Iterable[Mapping[str, Any]]) -> pa.Table:
     """Build a :data:`PIPELINE_PREDICTION_SCHEMA` table from one mapping per row.
 
-    Each record needs exactly the schema's keys. Model columns are checked by
-    :func:`~semclip.io.schema.records_to_table`; pipeline columns here (``inferred_at``
-    must be a timezone-aware ``datetime``: a naive one is ambiguous across fab sites).
-    Raises ``ValueError`` naming the row and field.
+    Each record needs exactly the schema's keys (``inferred_at`` a timezone-aware
+    ``datetime``). Raises ``ValueError`` naming the row and field.
     """
-    records = list(records)
-    base_names = set(PREDICTION_SCHEMA.names)
-    expected = set(PIPELINE_PREDICTION_SCHEMA.names)
-    for row, record in enumerate(records):
-        if not isinstance(record, Mapping):
-            raise ValueError(f"record {row}: expected a mapping, got {type(record).__name__}")
-        if set(record) != expected:
-            missing = sorted(expected - set(record))
-            extra = sorted(map(str, set(record) - expected))
-            raise ValueError(f"record {row}: missing field(s) {missing}, unexpected {extra}")
-    base = records_to_table(
-        ({k: v for k, v in r.items() if k in base_names} for r in records),
-        schema=PREDICTION_SCHEMA,
-    )
-    extra_columns = [_column(records, field) for field in PIPELINE_FIELDS]
-    return pa.Table.from_arrays([*base.columns, *extra_columns], schema=PIPELINE_PREDICTION_SCHEMA)
+    return records_to_table(records, schema=PIPELINE_PREDICTION_SCHEMA)
 
 
 def quarantine_records_to_table(records: Iterable[Mapping[str, Any]]) -> pa.Table:
@@ -105,44 +85,4 @@ def quarantine_records_to_table(records: Iterable[Mapping[str, Any]]) -> pa.Tabl
         if unknown:
             raise ValueError(f"quarantine record {row}: unexpected field(s) {sorted(unknown)}")
         rows.append({"quarantined_at": now, "flow_run_id": None, **record})
-    return pa.Table.from_arrays(
-        [_column(rows, field, what="quarantine record") for field in QUARANTINE_SCHEMA],
-        schema=QUARANTINE_SCHEMA,
-    )
-
-
-def _column(records: list[Mapping[str, Any]], field: pa.Field, what: str = "record") -> pa.Array:
-    values = []
-    for row, record in enumerate(records):
-        try:
-            values.append(_normalise(record.get(field.name), field))
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"{what} {row}: field {field.name!r}: {exc}") from None
-    return pa.array(values, type=field.type)
-
-
-def _normalise(value: Any, field: pa.Field) -> Any:
-    if value is None:
-        if not field.nullable:
-            raise ValueError("is declared not null but got None")
-        return None
-    t = field.type
-    if pa.types.is_string(t):
-        if not isinstance(value, str):
-            raise TypeError(f"expected a str, got {type(value).__name__} {value!r:.60}")
-        return value
-    if pa.types.is_int32(t):
-        if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer):
-            raise TypeError(f"expected an integer, got {type(value).__name__} {value!r:.60}")
-        if not _INT32[0] <= int(value) <= _INT32[1]:
-            raise ValueError(f"{int(value)} is out of range for int32")
-        return int(value)
-    if pa.types.is_float64(t):
-        if isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.number):
-            raise TypeError(f"expected a number, got {type(value).__name__} {value!r:.60}")
-        return float(value)
-    if pa.types.is_timestamp(t):
-        if not isinstance(value, dt.datetime) or value.tzinfo is None:
-            raise TypeError(f"expected a timezone-aware datetime, got {value!r:.60}")
-        return value.astimezone(dt.UTC)
-    raise TypeError(f"no conversion for Arrow type {t}")
+    return records_to_table(rows, schema=QUARANTINE_SCHEMA)

@@ -12,6 +12,7 @@ inside every Parquet file and show up in any schema browser.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -179,7 +180,16 @@ def _normalise(value: Any, field: pa.Field) -> Any:
         return _as_map(value, t)
     if pa.types.is_struct(t):
         return _as_struct(value, t)
+    if pa.types.is_timestamp(t):
+        return _as_utc(value)
     raise TypeError(f"no conversion for Arrow type {t}")
+
+
+def _as_utc(value: Any) -> dt.datetime:
+    """Timezone-aware datetimes only: a naive one is ambiguous across fab sites."""
+    if not isinstance(value, dt.datetime) or value.tzinfo is None:
+        raise TypeError(f"expected a timezone-aware datetime, got {value!r:.60}")
+    return value.astimezone(dt.UTC)
 
 
 def _expect(value: Any, kind: type | Any, what: str) -> Any:
