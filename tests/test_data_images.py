@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -229,10 +228,14 @@ def test_decode_mask_colour_and_bool() -> None:
     assert decode_mask(flags) is flags
 
 
-def test_decode_mask_warns_when_nothing_passes(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="semclip.data.masks"):
-        assert not decode_mask(np.array([[0, 255]], np.uint16)).any()
-    assert "none reach the defect threshold" in caplog.text
+def test_decode_mask_defect_is_at_least_half_the_masks_maximum() -> None:
+    """Issue 3: blurred or dimmed masks count where they reach half their own maximum."""
+    assert decode_mask(np.array([[0, 255]], np.uint16)).tolist() == [[False, True]]
+    blurred = np.array([[0, 60, 99, 100, 150, 200]], np.uint8)
+    assert decode_mask(blurred).tolist() == [[False, False, False, True, True, True]]
+    assert decode_mask(np.array([[0, 127, 128, 255]], np.uint8)).tolist() == [
+        [False, False, True, True]
+    ]
 
 
 def test_read_mask_checks_size(tmp_path: Path) -> None:

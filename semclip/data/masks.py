@@ -1,8 +1,8 @@
 """Defect masks: one decoding rule for every way a fab stores them (0/1, 0/255, 16-bit, RGB).
 
-The rule (design notes §2): in 8-bit masks whose maximum exceeds 1 a pixel is a defect when
-its value is >= 128; in 0/1 masks when it is >= 1; an all-zero mask has no defect. 16-bit masks
-use the same rule at 32768. RGB masks take the maximum over channels first.
+The rule (issue 3, refining design notes §2): a pixel is a defect when its value is at least half
+the mask's maximum: >= 128 in 0/255 masks, >= 1 in 0/1 masks, >= 100 in a blurred mask that
+peaks at 200; an all-zero mask has no defect. RGB masks take the maximum over channels first.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ class MaskError(ValueError):
 def decode_mask(array: np.ndarray) -> np.ndarray:
     """Return the (H, W) bool defect mask of stored samples ``array`` ((H, W) or (H, W, C)).
 
-    Works on the stored dtype because the threshold depends on it: 0/1 and 0/255 masks are
-    both common, and a 0/1 mask thresholded at 128 would silently have no defects.
+    The threshold follows the mask's own maximum: 0/1 and 0/255 masks are both common, and a
+    0/1 mask thresholded at 128 would silently have no defects.
     """
     if array.ndim == 3:
         array = _max_over_colour(array)
@@ -55,15 +55,7 @@ def decode_mask(array: np.ndarray) -> np.ndarray:
         raise ValueError(f"unsupported mask dtype {array.dtype}")
     if array.min() < 0:
         raise ValueError("integer masks must not be negative")
-    mask = array >= _threshold(array.dtype, int(high))
-    if high > 0 and not mask.any():
-        logger.warning(
-            "mask has nonzero values (max %d, dtype %s) but none reach the defect threshold; "
-            "it is read as defect-free",
-            high,
-            array.dtype,
-        )
-    return mask
+    return array >= _threshold(int(high))
 
 
 def read_mask(
@@ -90,16 +82,14 @@ def _max_over_colour(array: np.ndarray) -> np.ndarray:
     return array.max(axis=-1)
 
 
-def _threshold(dtype: np.dtype, high: int) -> int:
-    """Defect threshold: 1 for 0/1 masks, else half of full scale for the stored depth."""
-    if high <= 1:
-        return 1
-    if dtype == np.uint8:
-        return 128
-    if dtype == np.uint16:
-        return 32768
-    # Other integer types (arrays built by hand): infer the depth from the values.
-    return 128 if high <= 255 else 32768
+def _threshold(high: int) -> float:
+    """Defect threshold: at least half the mask's own maximum value.
+
+    0/1 masks → 1, 0/255 → 128 (127.5), 0/65535 → 32768, and a blurred or dimmed mask whose
+    maximum is 200 → 100: the edge of a soft mask counts where it is at least half as strong as
+    its core, whatever bit depth the annotation tool wrote.
+    """
+    return high / 2 if high > 1 else 1
 
 
 def _hw(shape: tuple[int, int]) -> str:
