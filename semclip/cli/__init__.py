@@ -20,6 +20,7 @@ COMMANDS: tuple[str, ...] = (
     "semclip.cli.demo_cmd",
     "semclip.cli.eval_cmd",
     "semclip.cli.bench_cmd",
+    "semclip.cli.pretrain_cmd",
     "semclip.cli.promote_cmd",
 )
 

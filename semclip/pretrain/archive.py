@@ -1,0 +1,215 @@
+"""The labelled image archive pretraining learns from: a manifest folder or a synthetic one.
+
+Every image is identified by the sha256 of its file bytes, which is what `seen_images.txt`
+records and what the few-shot overlap guard compares. Classes can be left out
+(`--exclude-classes`) to measure few-shot learning of defect types the backbone never saw.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import shutil
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from semclip.backbone import file_sha256
+from semclip.data import DatabarCrop, load_dataset, read_image, read_mask
+from semclip.data.dataset import GOOD, MANIFEST
+from semclip.pretrain.config import SynthArchiveConfig
+from semclip.synth import LABELS, PATTERNS, generate_dataset
+
+log = logging.getLogger(__name__)
+
+SYNTH_META = "synth.json"
+# Manifest columns turned into caption words when present (SEM metadata).
+METADATA_COLUMNS = ("pattern", "layer", "kv", "magnification")
+
+
+@dataclass(frozen=True)
+class ArchiveItem:
+    """One archive image."""
+
+    image: Path  # absolute path
+    label: str
+    mask: Path | None  # defect mask; None for good images and classification-only rows
+    sha256: str  # of the image file's bytes
+    meta: dict[str, str] = field(default_factory=dict)  # metadata columns present in the row
+
+
+@dataclass(frozen=True)
+class Archive:
+    """The images pretraining uses, after class exclusion, with how they were obtained."""
+
+    root: Path
+    items: tuple[ArchiveItem, ...]
+    classes: tuple[str, ...]  # "good" first, then defect classes sorted
+    databar: DatabarCrop  # rows removed before the model sees an image
+    source: dict  # for the model card: manifest folder or synthetic generator settings
+    excluded: tuple[str, ...]  # classes left out on request
+    dropped: dict[str, int]  # images removed per excluded class (0 if none were there)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """(N,) class index of each item in `classes` order."""
+        return np.array([self.classes.index(item.label) for item in self.items], dtype=np.int64)
+
+    def counts(self, indices: np.ndarray | None = None) -> dict[str, int]:
+        """Images per class (of a subset), in `classes` order."""
+        items = self.items if indices is None else [self.items[i] for i in indices]
+        found = Counter(item.label for item in items)
+        return {c: found.get(c, 0) for c in self.classes}
+
+    def digest(self) -> str:
+        """Hash of (image hash, label) pairs: identifies the archive's content for resumes."""
+        text = "\n".join(f"{item.sha256} {item.label}" for item in self.items)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def split(self, fraction: float, max_val: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """(train, val) item indices: a stratified, seeded hold-out for the zero-shot check."""
+        rng = np.random.default_rng([seed, 7])
+        labels = self.labels
+        n_val = min(int(round(fraction * len(self))), max_val)
+        val: list[int] = []
+        for k in range(len(self.classes)):
+            members = np.flatnonzero(labels == k)
+            take = int(round(n_val * len(members) / max(len(self), 1)))
+            take = min(take, len(members) - 1)  # every class keeps training images
+            val.extend(rng.permutation(members)[: max(take, 0)].tolist())
+        val_idx = np.array(sorted(val), dtype=np.int64)
+        train_idx = np.setdiff1d(np.arange(len(self)), val_idx)
+        return train_idx, val_idx
+
+
+def synthetic_archive(
+    folder: Path, spec: SynthArchiveConfig, exclude: tuple[str, ...], progress: bool = True
+) -> Path:
+    """Generate (or reuse) the synthetic archive in `folder`; excluded classes are never drawn.
+
+    The folder is reused only when its `synth.json` matches the requested settings, so an
+    interrupted or differently configured generation is redone, never half-used.
+    """
+    counts = {label: spec.per_class for label in LABELS if label not in exclude}
+    patterns = list(spec.patterns) or sorted(PATTERNS)
+    meta_path = folder / SYNTH_META
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        same = (
+            meta.get("seed") == spec.seed
+            and meta.get("counts") == counts
+            and meta.get("size") == spec.size
+            and meta.get("patterns") == patterns
+        )
+        if same and (folder / MANIFEST).is_file():
+            log.info("reusing synthetic archive %s", folder)
+            return folder
+    if folder.exists():
+        shutil.rmtree(folder)
+    log.info("generating synthetic archive: %d images, seed %d", sum(counts.values()), spec.seed)
+    return generate_dataset(
+        folder, counts=counts, seed=spec.seed, size=spec.size, patterns=patterns, progress=progress
+    )
+
+
+def load_archive(
+    root: str | Path, exclude: tuple[str, ...] = (), databar: DatabarCrop | None = None
+) -> Archive:
+    """Read a manifest/MVTec folder as an archive, leaving out `exclude` classes.
+
+    `databar` None reads it from the folder's `synth.json` when there is one (synthetic data),
+    else crops nothing. Raises ValueError when fewer than two classes or no "good" remain:
+    the contrastive loss needs classes to tell apart and the dense loss needs the good caption.
+    """
+    dataset = load_dataset(root)
+    meta = _metadata_columns(dataset.root)
+    databar = databar if databar is not None else _synth_databar(dataset.root)
+    excluded = tuple(sorted(set(exclude)))
+    unknown = sorted(set(excluded) - set(dataset.classes))
+    if unknown:
+        log.warning("excluded classes %s are not in the archive %s", unknown, dataset.root)
+    dropped = {c: sum(s.label == c for s in dataset.samples) for c in excluded}
+    items = tuple(
+        ArchiveItem(s.image, s.label, s.mask, file_sha256(s.image), meta.get(s.row, {}))
+        for s in dataset.samples
+        if s.label not in excluded
+    )
+    labels = {item.label for item in items}
+    if GOOD not in labels or len(labels) < 2:
+        raise ValueError(
+            f"pretraining needs 'good' images and at least one defect class; archive "
+            f"{dataset.root} has {sorted(labels)} after excluding {list(excluded)}"
+        )
+    classes = (GOOD, *sorted(labels - {GOOD}))
+    source = _describe_source(dataset.root)
+    return Archive(dataset.root, items, classes, databar, source, excluded, dropped)
+
+
+def load_stored(item: ArchiveItem, databar: DatabarCrop, size: int) -> tuple[torch.Tensor, ...]:
+    """Decode one image (and mask) at the stored resolution, before augmentation.
+
+    Returns ((size, size) float16 gray in [0, 1], (size, size) uint8 mask coverage x255,
+    has_mask). Coverage, not a binary mask, so crops and rotations stay exact on average.
+    """
+    loaded = read_image(item.image)
+    image = _resize(databar.apply(loaded.pixels), size, "bicubic").clamp(0, 1)
+    cover = torch.zeros(size, size)
+    if item.mask is not None:
+        mask = read_mask(item.mask, expected_shape=loaded.pixels.shape)
+        cover = _resize(databar.apply(mask).astype(np.float32), size, "area")
+    return (
+        image.to(torch.float16),
+        (cover * 255).round().to(torch.uint8),
+        torch.tensor(item.mask is not None),
+    )
+
+
+def _resize(array: np.ndarray, size: int, mode: str) -> torch.Tensor:
+    """(H, W) array → (size, size) tensor; squashes like Preprocess does at inference."""
+    x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
+    if mode == "area":
+        return F.interpolate(x, size=(size, size), mode="area")[0, 0]
+    return F.interpolate(x, size=(size, size), mode=mode, antialias=True, align_corners=False)[0, 0]
+
+
+def _metadata_columns(root: Path) -> dict[int, dict[str, str]]:
+    """Row number → SEM metadata words from optional manifest columns (pattern, kv, ...)."""
+    manifest = root / MANIFEST
+    if not manifest.is_file():
+        return {}
+    with manifest.open(newline="", encoding="utf-8-sig") as fh:
+        rows = [
+            {(k or "").strip().lower(): v for k, v in row.items() if isinstance(v, str)}
+            for row in csv.DictReader(fh)
+        ]
+    return {
+        number: {c: row[c].strip() for c in METADATA_COLUMNS if (row.get(c) or "").strip()}
+        for number, row in enumerate(rows, start=1)
+    }
+
+
+def _synth_databar(root: Path) -> DatabarCrop:
+    """The databar a synthetic set was rendered with; no crop for other folders."""
+    path = root / SYNTH_META
+    if not path.is_file():
+        return DatabarCrop()
+    meta = json.loads(path.read_text())
+    rows = int(meta.get("databar_rows", 0))
+    side = meta.get("databar", "none")
+    return DatabarCrop(top=rows if side == "top" else 0, bottom=rows if side == "bottom" else 0)
+
+
+def _describe_source(root: Path) -> dict:
+    path = root / SYNTH_META
+    if path.is_file():
+        return {"kind": "synthetic", "folder": str(root), **json.loads(path.read_text())}
+    return {"kind": "manifest", "folder": str(root)}

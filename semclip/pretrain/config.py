@@ -1,0 +1,121 @@
+"""Typed, frozen configs of domain pretraining (`semclip pretrain`); one comment per field.
+
+The defaults are the offline recipe behind `make backbone`: a small ViT from random init on a
+synthetic SEM archive, sized to finish in under 45 minutes on 2 CPU cores. Production runs
+(continued training of a LAION ViT-B/16+ on a fab archive) change `model`, `pretrained`,
+`lr` and the locks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+SMALL_MODEL = "semclip-sem-small"  # semclip/model_configs/semclip-sem-small.json
+
+# Fields that do not change the training trajectory: a run may resume with other values.
+_NOT_IN_FINGERPRINT = frozenset(
+    {"checkpoint_every", "log_every", "num_workers", "preload_max_gb", "eval_max"}
+)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """SEM augmentation: geometry applied alike to image and mask, photometry to the image.
+
+    No colour jitter: SEM images are single-channel secondary-electron intensity.
+    """
+
+    min_crop_area: float = 0.5  # random square crops keep at least this fraction of the area
+    dihedral: bool = True  # random flips and 90° rotations (SEM has no "up")
+    brightness: float = 0.08  # offset drawn from ±brightness, on [0, 1] gray levels
+    contrast: float = 0.25  # gain drawn from 1 ± contrast, around each image's mean
+    noise_prob: float = 0.5  # share of images that get extra Gaussian shot-like noise
+    noise_std: float = 0.04  # largest extra noise std (gray levels), drawn uniformly below
+    blur_prob: float = 0.3  # share of images blurred (defocus)
+    blur_sigma: float = 1.0  # largest blur sigma in model pixels, drawn uniformly below
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SynthArchiveConfig:
+    """The synthetic archive pretraining generates when no data folder is given.
+
+    Its seed is far from the seeds evaluation uses (0..9), and `seen_images.txt` records every
+    image, so few-shot test sets never share images with it.
+    """
+
+    seed: int = 1000  # generator seed of the archive (evaluation sets use other seeds)
+    per_class: int = 400  # images per class (balanced: the fab ratio matters less here)
+    size: int = 256  # rendered side in pixels, databar included
+    patterns: tuple[str, ...] = ()  # background families; empty = all of semclip.synth.PATTERNS
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "patterns": list(self.patterns)}
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """One pretraining run: model, data handling, objective, optimiser and schedule."""
+
+    model: str = SMALL_MODEL  # open_clip name (incl. semclip configs) or local-dir:PATH
+    pretrained: str | None = None  # open_clip tag or checkpoint file; None = random init
+    lock_text: bool = False  # freeze the whole text tower (continued training of LAION weights)
+    lock_image_layers: int = 0  # freeze patch embedding + the first N vision blocks
+    train_token_embedding: bool = False  # the 49k x width table: frozen, random is fine and
+    # saves a third of the optimiser's work (only ~200 distinct tokens ever occur in captions)
+    steps: int = 600  # optimiser steps in total (the LR schedule depends on it)
+    batch_size: int = 48  # images per step
+    lr: float = 5e-4  # peak AdamW learning rate (random init); ~1e-5 for LAION weights
+    min_lr_ratio: float = 0.05  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 30  # linear warmup from 0; guards the contrastive loss against collapse
+    weight_decay: float = 0.1  # AdamW, on matrices only (not gains, biases, logit scale)
+    grad_clip: float = 1.0  # max global gradient norm
+    contrastive_weight: float = 1.0  # CLIP loss on the image embedding (multi-positive)
+    dense_weight: float = 1.0  # patch/caption alignment inside and outside masks
+    dense_min_coverage: float = 0.25  # patch counts as defect from this mask coverage up
+    vv_dense_weight: float = 1.0  # the same dense loss on the V-V path's stage tokens, which
+    # SEM-CLIP's feature-surgery map S_n reads; untrained, that map came out inverted
+    vv_stages: int = 4  # stages of the dual-path encoder (SEM-CLIP's m)
+    captions_per_class: int = 2  # distinct sentences sampled per class and step
+    metadata_prob: float = 0.5  # chance that a caption carries the image's SEM metadata words
+    store_scale: float = 1.25  # images are kept at image_size * store_scale for random crops
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    val_fraction: float = 0.1  # held out per class for the zero-shot check on the model card
+    val_max: int = 280  # at most this many validation images
+    exclude_classes: tuple[str, ...] = ()  # classes left out of the archive (unseen-class study)
+    databar_top: int = 0  # rows cropped at the top (read from synth.json for synthetic data)
+    databar_bottom: int = 0  # rows cropped at the bottom (idem)
+    cpu_bf16: bool | None = None  # bf16 autocast on CPU; None = where the CPU has native bf16
+    # (AVX512-BF16/AMX: measured 2x faster than fp32 here; emulated bf16 would be slower)
+    seed: int = 0  # init, batch order, augmentation and captions: same seed, same backbone
+    checkpoint_every: int = 50  # steps between resumable checkpoints in the work folder
+    log_every: int = 10  # steps between logged loss averages
+    num_workers: int = 0  # image decoding threads when the archive is streamed
+    preload_max_gb: float = 2.0  # decode the whole archive into memory when it fits in this
+    eval_max: int = 0  # cap of validation images scored (0 = all of the split)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["exclude_classes"] = list(self.exclude_classes)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PretrainConfig:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        if isinstance(values.get("augment"), dict):
+            values["augment"] = AugmentConfig(**values["augment"])
+        if "exclude_classes" in values:
+            values["exclude_classes"] = tuple(values["exclude_classes"])
+        return cls(**values)
+
+    def fingerprint(self, archive_digest: str) -> str:
+        """Hash of everything that shapes the trajectory, so a resume never mixes two recipes."""
+        data = {k: v for k, v in self.to_dict().items() if k not in _NOT_IN_FINGERPRINT}
+        data["archive"] = archive_digest
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
