@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -28,7 +27,7 @@ from flows.nightly import NightlyReport, nightly_inference
 from flows.params import today_in
 from flows.refit import RefitReport, refit
 from flows.setup import ensure_gpu_limit
-from semclip.backbone import LOCAL_DIR_PREFIX, TINY_MODEL
+from semclip.backbone import offline_or_tiny_backbone
 from semclip.settings import get_settings
 from tasks.common import BucketRef
 from tasks.demo import PredictionSummary, seed_demo_bucket, summarize_predictions
@@ -37,7 +36,6 @@ __all__ = ["DemoSummary", "demo_pipeline", "format_summary"]
 
 # A quick fit: the demo shows the loop, it is not a benchmark.
 DEMO_FIT = {"augment": False}
-OFFLINE_BACKBONE = "backbones/semclip-sem-small"  # what `make backbone` builds
 
 
 class DemoSummary(BaseModel):
@@ -68,7 +66,7 @@ def demo_pipeline(
     yesterday = today_in(settings.timezone) - dt.timedelta(days=1)
     dates = [yesterday - dt.timedelta(days=n_dates - 1 - i) for i in range(n_dates)]
     seeded = seed_demo_bucket(bucket, dates, images_per_date, confirmed_per_class, image_size, seed)
-    backbone = settings.backbone or _demo_backbone(settings.home)
+    backbone = settings.backbone or offline_or_tiny_backbone(settings.home)
     refit_report = refit(
         backbone=backbone,
         pretrained=settings.pretrained,
@@ -132,14 +130,6 @@ def format_summary(summary: DemoSummary) -> str:
         *banner,
     ]
     return "\n".join(lines)
-
-
-def _demo_backbone(home: Path) -> str:
-    """The offline SEM backbone when built, else the tiny random-weight config."""
-    folder = home / OFFLINE_BACKBONE
-    if (folder / "open_clip_config.json").is_file():
-        return f"{LOCAL_DIR_PREFIX}{folder}"
-    return TINY_MODEL
 
 
 def _banner() -> list[str]:

@@ -29,6 +29,7 @@ LOCAL_DIR_PREFIX = "local-dir:"
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+OFFLINE_BACKBONE_DIR = "backbones/semclip-sem-small"  # under $SEMCLIP_HOME; `make backbone`
 RANDOM_WEIGHTS_WARNING = (
     "RANDOM WEIGHTS: backbone '{name}' has no pretrained weights; every score it gives is a "
     "plumbing check, not a quality figure"
@@ -108,6 +109,17 @@ def load_backbone(
         log.warning(RANDOM_WEIGHTS_WARNING.format(name=name))
     log.info("backbone %s on %s", backbone.describe(), device)
     return backbone
+
+
+def offline_or_tiny_backbone(home: str | os.PathLike) -> str:
+    """The offline SEM backbone (`make backbone`) when built under `home`, else semclip-tiny.
+
+    What demos and defaults use offline: never a random backbone when a trained one exists.
+    """
+    folder = Path(home) / OFFLINE_BACKBONE_DIR
+    if (folder / CONFIG_FILE).is_file():
+        return f"{LOCAL_DIR_PREFIX}{folder}"
+    return TINY_MODEL
 
 
 def default_device() -> torch.device:

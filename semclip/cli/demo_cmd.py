@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from semclip.artifact import save_model
-from semclip.backbone import LOCAL_DIR_PREFIX, TINY_MODEL, load_backbone
+from semclip.backbone import load_backbone, offline_or_tiny_backbone
 from semclip.cli.common import progress_bar
 from semclip.config import FitConfig
 from semclip.data import DatabarCrop, draw_support, load_dataset
@@ -34,7 +34,6 @@ DEMO_COUNTS = {
     "particle": 8,
     "scratch": 8,
 }
-OFFLINE_BACKBONE = "backbones/semclip-sem-small"
 
 
 def semclip_home() -> Path:
@@ -53,16 +52,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def demo_backbone_name(home: Path) -> str:
-    """The offline domain-pretrained backbone when built, else the tiny random config."""
-    folder = home / OFFLINE_BACKBONE
-    return (
-        f"{LOCAL_DIR_PREFIX}{folder}"
-        if (folder / "open_clip_config.json").is_file()
-        else TINY_MODEL
-    )
-
-
 def run(args: argparse.Namespace) -> int:
     home = semclip_home()
     data_dir = home / "demo" / "data"
@@ -75,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     )
     dataset = load_dataset(data_dir)
     support, rest = draw_support(dataset, args.shots, args.seed)
-    backbone = load_backbone(demo_backbone_name(home), None)
+    backbone = load_backbone(offline_or_tiny_backbone(home), None)
     banner(backbone.describe(), backbone.random_weights)
     with progress_bar(len(support), "fit: backbone features") as bar:
         model = SemclipModel.fit(
