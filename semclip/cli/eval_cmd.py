@@ -11,10 +11,12 @@ from pathlib import Path
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from semclip.backbone import LOCAL_DIR_PREFIX
 from semclip.cli.common import add_backbone_options, backbone_from
 from semclip.config import FitConfig
-from semclip.data import DatabarCrop, load_dataset
+from semclip.data import DatabarCrop, Dataset, load_dataset
 from semclip.eval import ORDER, EvalConfig, resolve_methods, run_evaluation, write_report
+from semclip.pretrain.overlap import seen_overlap
 from semclip.prompts import load_prompts
 
 log = logging.getLogger(__name__)
@@ -80,6 +82,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="feature cache folder (default $SEMCLIP_HOME/cache/features)",
     )
+    parser.add_argument(
+        "--allow-pretrain-overlap",
+        action="store_true",
+        help="run even if the backbone was pretrained on some of these images (loud warning)",
+    )
     add_backbone_options(parser)
     parser.set_defaults(func=run)
 
@@ -96,10 +103,35 @@ def databar_for(data: str | Path, top: int | None, bottom: int | None) -> Databa
     return DatabarCrop(top=rows if side == "top" else 0, bottom=rows if side == "bottom" else 0)
 
 
+def check_pretrain_overlap(backbone: str, dataset: Dataset, *, allow: bool) -> None:
+    """Refuse (or, when allowed, warn loudly) if the backbone was pretrained on these images.
+
+    A few-shot figure on images the backbone already saw says nothing about new data.
+    """
+    if not backbone.startswith(LOCAL_DIR_PREFIX):
+        return
+    overlap = sorted(
+        seen_overlap(backbone[len(LOCAL_DIR_PREFIX) :], (s.image for s in dataset.samples))
+    )
+    if not overlap:
+        return
+    message = (
+        f"{len(overlap)} of {len(dataset)} images of {dataset.root} were in the pretraining "
+        f"archive of {backbone} (seen_images.txt), e.g. {overlap[:3]}"
+    )
+    if not allow:
+        raise ValueError(
+            message + "; evaluate on separately generated data, or pass "
+            "--allow-pretrain-overlap to run anyway"
+        )
+    log.warning("PRETRAINING OVERLAP: %s; the figures overstate few-shot quality", message)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         raise ValueError("--seeds must be >= 1")
     dataset = load_dataset(args.data)
+    check_pretrain_overlap(args.backbone, dataset, allow=args.allow_pretrain_overlap)
     backbone = backbone_from(args)
     config = EvalConfig(
         shots=args.shots,
