@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +20,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from semclip.io import storage
+from semclip.io.query import summarize_dates
 from semclip.synth import LABELS, render_sample, sample_rng
 from semclip.synth.databar import databar_rows
 from tasks.common import IO_RETRIES, BucketRef
@@ -112,16 +112,9 @@ def seed_demo_bucket(
 
 @task(name="summarize_predictions", cache_policy=NO_CACHE, **IO_RETRIES)
 def summarize_predictions(bucket: BucketRef, dates: list[dt.date]) -> PredictionSummary:
-    """Per-class and per-lot/wafer counts of the dates' partitions, read back from Parquet."""
+    """Per-class and per-lot/wafer counts of the dates' partitions, read back with DuckDB."""
     fs, root = bucket.open()
-    table = storage.predictions_dataset(fs, root).to_table(use_threads=False)
-    frame = table.select(
-        ["date", "predicted_class", "lot_id", "wafer_id", "needs_review", "model_version"]
-    ).to_pandas()
-    frame = frame[frame["date"].isin(dates)]
-    by_lot_wafer: dict[str, dict[str, int]] = {}
-    for (lot, wafer), group in frame.groupby(["lot_id", "wafer_id"], dropna=False):
-        by_lot_wafer[f"{lot}/{wafer}"] = dict(Counter(group["predicted_class"]))
+    summary = summarize_dates(fs, root, dates)
     quarantined = len(  # distinct inputs: a re-run quarantines the same file again
         {
             uri
@@ -130,11 +123,11 @@ def summarize_predictions(bucket: BucketRef, dates: list[dt.date]) -> Prediction
         }
     )
     return PredictionSummary(
-        rows=len(frame),
-        by_class=dict(Counter(frame["predicted_class"])),
-        by_lot_wafer=by_lot_wafer,
-        needs_review=int(frame["needs_review"].fillna(False).sum()),
-        model_versions=sorted(set(frame["model_version"])),
+        rows=summary.rows,
+        by_class=summary.by_class,
+        by_lot_wafer=summary.by_lot_wafer,
+        needs_review=summary.needs_review,
+        model_versions=summary.model_versions,
         quarantined=quarantined,
         parquet_uri=fs.unstrip_protocol(f"{root}/predictions"),
     )

@@ -401,3 +401,22 @@ def _all_parquet(bucket: BucketCase) -> list[str]:
         return []
     found = bucket.fs.find(f"{bucket.root}/predictions")
     return sorted(bucket.fs.unstrip_protocol(p) for p in found if p.endswith(".parquet"))
+
+
+def test_duckdb_summary_reads_the_dates_partitions(bucket: BucketCase) -> None:
+    """DuckDB reads the partitions through the bucket's own filesystem (file:// and S3)."""
+    from semclip.io.query import summarize_dates
+
+    write_partition(
+        bucket.fs,
+        bucket.root,
+        DAY,
+        _table(_row("a", "s1"), _row("b", "s2", cls="scratch"), _row("c", "s3", version="2")),
+    )
+    write_partition(bucket.fs, bucket.root, NEXT_DAY, _table(_row("n", "s9")))
+    summary = summarize_dates(bucket.fs, bucket.root, [DAY])
+    assert summary.rows == 3
+    assert summary.by_class == {"particle": 2, "scratch": 1}
+    assert summary.by_lot_wafer == {"L1/?": {"particle": 2, "scratch": 1}}
+    assert summary.model_versions == ["1", "2"]
+    assert summarize_dates(bucket.fs, bucket.root, [DAY, NEXT_DAY]).rows == 4
