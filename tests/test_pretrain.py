@@ -31,7 +31,7 @@ from semclip.pretrain.losses import (
     multi_positive_contrastive,
     patch_targets,
 )
-from semclip.pretrain.towers import create_towers, image_tokens, lr_at
+from semclip.pretrain.towers import create_towers, dual_path_tokens, image_tokens, lr_at
 from semclip.synth import generate_dataset
 
 ARCHIVE_COUNTS = {"good": 6, "bridge": 4, "particle": 5, "scratch": 5}
@@ -83,6 +83,7 @@ def test_losses_are_finite_logged_and_the_run_finishes(finished) -> None:
     assert steps == list(range(1, TINY.steps + 1))  # log_every=1
     for entry in finished.history:
         assert math.isfinite(entry["loss_clip"]) and math.isfinite(entry["loss_dense"])
+        assert math.isfinite(entry["loss_vv"]) and entry["loss_vv"] > 0  # V-V term on
         assert entry["images_per_s"] > 0
     assert finished.zero_shot["n_images"] > 0
 
@@ -255,6 +256,8 @@ def test_class_token_of_image_tokens_is_encode_image_and_lr_schedule() -> None:
         tokens = image_tokens(towers.model, x)
         assert tokens.shape == (2, 1 + towers.grid**2, 64)
         assert torch.allclose(tokens[:, 0], towers.model.encode_image(x), atol=1e-5)
+        final, vv = dual_path_tokens(towers.model, x, 4)
+        assert torch.allclose(final, tokens, atol=1e-5) and len(vv) == 4
     assert not towers.model.token_embedding.weight.requires_grad
     assert lr_at(0, TINY) == pytest.approx(TINY.lr / 2)
     assert lr_at(TINY.steps, TINY) == pytest.approx(TINY.lr * TINY.min_lr_ratio)
