@@ -35,15 +35,19 @@ ABLATIONS = (
 BASELINES = ("winclip-zero", "winclip-few", "patchcore", "semclip")
 
 
+def _run_key(run: Any, result: EvalResult, *, with_backbone: bool = True) -> dict[str, Any]:
+    """The fields that identify a run in every JSON output: method, shots, seed (+ backbone)."""
+    key = {"method": run.method, "shots": run.shots, "seed": run.seed}
+    if with_backbone:
+        key.update(backbone=result.backbone["name"], pretrained=result.backbone["pretrained"])
+    return key
+
+
 def records(result: EvalResult) -> list[dict[str, Any]]:
     """metrics.json: one record per method × k × seed."""
     return [
         {
-            "method": run.method,
-            "shots": run.shots,
-            "seed": run.seed,
-            "backbone": result.backbone["name"],
-            "pretrained": result.backbone["pretrained"],
+            **_run_key(run, result),
             "random_weights": result.backbone["random_weights"],
             **{key: run.metrics[key] for key in RECORD_METRICS},
             "iauroc_max_s": run.metrics["iauroc_max_s"],
@@ -58,11 +62,7 @@ def class_records(result: EvalResult) -> list[dict[str, Any]]:
     """per_class.json: the same figures per class (segmentation of a class: its images + good)."""
     return [
         {
-            "method": run.method,
-            "shots": run.shots,
-            "seed": run.seed,
-            "backbone": result.backbone["name"],
-            "pretrained": result.backbone["pretrained"],
+            **_run_key(run, result),
             "class": label,
             **values,
         }
@@ -75,9 +75,7 @@ def confusion_records(result: EvalResult) -> list[dict[str, Any]]:
     """confusion.json: the (K, K) matrix of every run with a classifier (rows = true class)."""
     return [
         {
-            "method": run.method,
-            "shots": run.shots,
-            "seed": run.seed,
+            **_run_key(run, result, with_backbone=False),
             "labels": list(result.classes),
             "matrix": run.confusion,
         }
