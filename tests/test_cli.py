@@ -156,3 +156,23 @@ def test_predict_help(capsys: pytest.CaptureFixture) -> None:
     assert "usage: semclip predict" in text
     for option in ("--model", "--out", "images", "--pixel-size-nm", "--tiff-page"):
         assert option in text
+
+
+def test_building_the_parser_does_not_import_mlflow() -> None:
+    """Only `semclip promote` needs the registry: fit, predict or eval run where MLflow is not."""
+    code = (
+        "import sys; from semclip.cli import build_parser; build_parser(); "
+        "print('mlflow' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+
+
+def test_promote_default_alias_is_the_registry_champion() -> None:
+    from semclip.cli import promote_cmd
+    from semclip.registry import CHAMPION
+
+    assert promote_cmd.CHAMPION == CHAMPION

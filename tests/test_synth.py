@@ -183,12 +183,14 @@ def test_cli_scale_run(tmp_path: Path) -> None:
     synth_cmd.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(
         ["synth", "--out", str(tmp_path), "--scale", "0.005", "--size", "48", "--seed", "3"]
+        + ["--wafers", "300"]
     )
     assert args.func(args) == 0
     expected = {label: max(1, round(n * 0.005)) for label, n in DEFAULT_COUNTS.items()}
     rows = _manifest(tmp_path)
     assert {label: sum(r["label"] == label for r in rows) for label in LABELS} == expected
-    assert json.loads((tmp_path / "synth.json").read_text())["seed"] == 3
+    meta = json.loads((tmp_path / "synth.json").read_text())
+    assert meta["seed"] == 3 and meta["wafers"] == 300
 
 
 def test_cli_parses_counts_patterns_and_rejects_typos(tmp_path: Path) -> None:
@@ -221,3 +223,16 @@ def test_local_signal_update_matches_full_render(label: str) -> None:
     np.testing.assert_allclose(
         surface_signal_update(clean, scene, after, params), surface_signal(after, params), atol=1e-6
     )
+
+
+def test_wafers_spread_the_groups_for_group_aware_draws(tmp_path: Path) -> None:
+    counts = {"good": 40, "bridge": 40}
+    one_lot = _manifest(generate_dataset(tmp_path / "lot", counts=counts, seed=3, size=32))
+    assert {r["group"] for r in one_lot} <= {f"W3-{w:02d}" for w in range(25)}
+    many = generate_dataset(tmp_path / "many", counts=counts, seed=3, size=32, wafers=400)
+    groups = {r["group"] for r in _manifest(many)}
+    assert len(groups) > 25, "80 images over 400 wafers land on far more than one lot's 25"
+    assert all(g.startswith("W3-") and len(g) == len("W3-000") for g in groups)
+    assert json.loads((many / "synth.json").read_text())["wafers"] == 400
+    with pytest.raises(ValueError, match="wafers"):
+        generate_dataset(tmp_path / "none", counts=counts, wafers=0)

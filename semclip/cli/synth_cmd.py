@@ -6,6 +6,7 @@ import argparse
 import logging
 
 from semclip.synth import DEFAULT_COUNTS, PATTERNS, generate_dataset
+from semclip.synth.dataset import WAFERS_PER_LOT
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--databar", choices=("top", "bottom", "none"), default="bottom")
     parser.add_argument("--bit-depth", type=int, choices=(8, 16), default=8)
+    parser.add_argument(
+        "--wafers",
+        type=int,
+        default=WAFERS_PER_LOT,
+        help=f"wafers the images spread over (group column; default {WAFERS_PER_LOT}, one lot); "
+        "10-shot group-aware evaluation needs a few hundred",
+    )
     parser.set_defaults(func=run)
 
 
@@ -82,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         patterns=args.patterns,
         databar=args.databar,
         bit_depth=args.bit_depth,
+        wafers=args.wafers,
         progress=True,
     )
     print(f"wrote {sum(counts.values())} images to {out}")

@@ -41,7 +41,7 @@ DEFAULT_COUNTS: dict[str, int] = {
     "particle": 455,
     "scratch": 144,
 }
-WAFERS_PER_LOT = 25  # group ids W{seed}-{k} with k < 25, like the slots of one FOUP
+WAFERS_PER_LOT = 25  # default group ids W{seed}-{k} with k < 25, like the slots of one FOUP
 MANIFEST_COLUMNS = ("image", "label", "mask", "group", "pattern")
 
 
@@ -143,6 +143,7 @@ def generate_dataset(
     databar: str = "bottom",
     databar_frac: float = 0.08,
     bit_depth: int = 8,
+    wafers: int = WAFERS_PER_LOT,
     progress: bool = False,
 ) -> Path:
     """Write a synthetic SEM defect data set and return ``out_dir``.
@@ -150,8 +151,15 @@ def generate_dataset(
     Layout: ``images/<label>/<label>_<i>.png``, ``masks/<label>/<label>_<i>.png`` (0/255, none
     for good), ``manifest.csv`` (image,label,mask,group,pattern; paths relative to out_dir) and
     ``synth.json`` (the settings, so the set can be regenerated).
+
+    Each image lands on one of ``wafers`` wafers (the ``group`` column). Group-aware few-shot
+    draws take whole wafers out of the test set, so a 10-shot evaluation over 7 classes needs
+    far more than one lot's 25 wafers.
     """
     counts = _checked_counts(counts)
+    if wafers < 1:
+        raise ValueError(f"wafers must be >= 1, got {wafers}")
+    width = max(2, len(str(wafers - 1)))
     families = tuple(patterns) if patterns else tuple(sorted(PATTERNS))
     for name in families:
         if name not in PATTERNS:
@@ -163,7 +171,7 @@ def generate_dataset(
     records = []
     for label, i in tqdm(jobs, disable=not progress, unit="img", desc="synth"):
         rng = sample_rng(seed, label, i)
-        wafer = int(rng.integers(WAFERS_PER_LOT))
+        wafer = int(rng.integers(wafers))
         family = families[int(rng.integers(len(families)))]
         sample = render_sample(
             label,
@@ -180,7 +188,7 @@ def generate_dataset(
         if label != "good":
             mask_rel = f"masks/{label}/{label}_{i:05d}.png"
             _save_png(out / mask_rel, sample.mask.astype(np.uint8) * 255)
-        records.append((image_rel, label, mask_rel, f"W{seed}-{wafer:02d}", family))
+        records.append((image_rel, label, mask_rel, f"W{seed}-{wafer:0{width}d}", family))
     with (out / "manifest.csv").open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(MANIFEST_COLUMNS)
@@ -193,7 +201,7 @@ def generate_dataset(
         "databar": databar if rows else "none",
         "databar_rows": rows,
         "bit_depth": bit_depth,
-        "wafers_per_lot": WAFERS_PER_LOT,
+        "wafers": wafers,
     }
     (out / "synth.json").write_text(json.dumps(meta, indent=2) + "\n")
     logger.info("wrote %d synthetic images to %s", len(records), out)
