@@ -263,3 +263,25 @@ def test_cli_eval_end_to_end(
     ]
     rows_in_synth = json.loads((eval_dir / "synth.json").read_text())["databar_rows"]
     assert f"bottom {rows_in_synth} rows" in (out / "report.md").read_text()
+
+
+def test_clip_zero_classifies_by_the_nearest_class_prompt() -> None:
+    """CLIP zero-shot: image class from the image embedding, map from the V-V patches."""
+    import torch
+
+    from semclip.eval.baselines import ClipZeroScorer
+    from semclip.features import Features
+
+    text = torch.eye(3, 8)  # prototypes of good (0), bridge (1), particle (2)
+    vv = torch.zeros(2, 4, 1 + 16, 8)
+    vv[0, -1, 0] = text[1]  # image 0: a bridge image embedding
+    vv[1, -1, 0] = text[0]  # image 1: good
+    vv[:, -1, 1:] = text[0]  # every patch good ...
+    vv[0, -1, 1:5] = text[2]  # ... except four defect patches of image 0
+    scorer = ClipZeroScorer(text, good_index=0, size=32)
+    out = scorer.score(Features(torch.zeros(2, 4, 17, 8), vv))
+    assert out.probs is not None and out.probs.argmax(dim=1).tolist() == [1, 0]
+    assert out.anomaly[0] > 0.99 > 0.01 > out.anomaly[1]
+    assert out.score_map.shape == (2, 32, 32)
+    assert out.score_map[0, :8].mean() > 0.5 > out.score_map[0, 24:].max()
+    assert float(out.score_map[1].max()) < 0.01 and scorer.tau is None

@@ -1,6 +1,11 @@
-"""Baselines on the same cached features: WinCLIP (zero- and few-shot) and PatchCore.
+"""Baselines on the same cached features: CLIP zero-shot, WinCLIP (zero- and few-shot), PatchCore.
 
-Both run on the backbone outputs SEM-CLIP caches, so a baseline costs no backbone pass.
+All run on the backbone outputs SEM-CLIP caches, so a baseline costs no backbone pass.
+
+CLIP zero-shot: nothing fitted. Classification is CLIP's own (the paper's eq. 10 with CLIP's
+ln_post/proj): the last-stage image embedding against every class's prompt prototype; the image
+anomaly score is 1 − P(good); the map is the same multi-class read of the last stage's V-V patch
+tokens. It is the floor every few-shot method has to clear, for classification as well.
 
 WinCLIP (Jeong et al., CVPR 2023), adapted: its window forward passes (the ViT re-run on
 masked windows) cannot come from a feature cache, so patch-level scores use the V-V tokens of
@@ -85,6 +90,31 @@ class WinclipScorer:
             patches = 0.5 * (patches + few)
             image = 0.5 * (image + few.amax(dim=-1))
         return MethodOutput(None, image.cpu(), patch_map(patches, self.size).cpu())
+
+
+@dataclass
+class ClipZeroScorer:
+    """CLIP zero-shot multi-class: class prototypes on the image embedding and V-V patches."""
+
+    text: torch.Tensor  # (K, embed) class prototypes
+    good_index: int
+    size: int
+
+    @property
+    def tau(self) -> float | None:
+        return None
+
+    def score(self, feats: Features) -> MethodOutput:
+        vv = feats.vv[:, -1].to(self.text.device).float()  # (B, 1+P, embed), last stage
+        probs = class_logits(vv[:, 0], self.text).softmax(dim=-1)  # (B, K)
+        patches = 1.0 - class_logits(vv[:, 1:], self.text).softmax(dim=-1)[..., self.good_index]
+        anomaly = 1.0 - probs[:, self.good_index]
+        return MethodOutput(probs.cpu(), anomaly.cpu(), patch_map(patches, self.size).cpu())
+
+
+@register("clip-zero", "CLIP zero-shot: class prompts on CLIP's image embedding / V-V patches")
+def clip_zero(ctx: EvalContext, split: Split) -> ClipZeroScorer:
+    return ClipZeroScorer(ctx.text(), ctx.good_index, ctx.size)
 
 
 @register("winclip-zero", "WinCLIP zero-shot: binary prompt ensemble on last-stage V-V tokens")

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 METHOD_MODULES = ("semclip.eval.methods", "semclip.eval.baselines")
 ORDER = (
     "semclip",
+    "clip-zero",
     "winclip-zero",
     "winclip-few",
     "patchcore",
@@ -40,7 +41,7 @@ class MethodOutput:
     """A method's scores for a batch of B images."""
 
     probs: torch.Tensor | None  # (B, K) class probabilities; None: no multi-class classifier
-    anomaly: torch.Tensor  # (B,) image anomaly score (1 − P(good) where probs exist)
+    anomaly: torch.Tensor  # (B,) image anomaly score (1 − P(good) for SEM-CLIP and CLIP zero-shot)
     score_map: torch.Tensor  # (B, S, S) defect map in [0, 1] of the databar-cropped image
 
 

@@ -32,7 +32,7 @@ ABLATIONS = (
     "semclip-last-stage",
     "semclip",
 )
-BASELINES = ("winclip-zero", "winclip-few", "patchcore", "semclip")
+BASELINES = ("clip-zero", "winclip-zero", "winclip-few", "patchcore", "semclip")
 
 
 def _run_key(run: Any, result: EvalResult, *, with_backbone: bool = True) -> dict[str, Any]:
