@@ -19,7 +19,9 @@ from semclip.cli.common import NONE_WORDS
 from semclip.cli.demo_cmd import semclip_home
 from semclip.cli.synth_cmd import parse_patterns
 from semclip.pretrain import SMALL_MODEL, PretrainConfig, SynthArchiveConfig, pretrain
+from semclip.pretrain.remote import is_remote
 from semclip.prompts import load_prompts
+from semclip.settings import get_settings
 
 log = logging.getLogger(__name__)
 DEFAULTS = PretrainConfig()
@@ -36,7 +38,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     data = parser.add_argument_group("data")
     data.add_argument(
-        "--data", default=None, help="manifest/MVTec folder (default: a synthetic archive)"
+        "--data",
+        default=None,
+        help="manifest/MVTec folder, or the s3:// or file:// URL of a manifest archive in the "
+        "object store (mirrored into the work folder; default: a synthetic archive)",
     )
     data.add_argument(
         "--exclude-classes",
@@ -150,6 +155,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
         device=args.device,
         stop_after=args.stop_after,
         restart=args.restart,
+        endpoint_url=get_settings().s3_endpoint_url if is_remote(args.data or "") else None,
     )
     if not result.finished:
         print(

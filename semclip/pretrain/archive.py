@@ -29,6 +29,7 @@ from semclip.synth import LABELS, PATTERNS, generate_dataset
 log = logging.getLogger(__name__)
 
 SYNTH_META = "synth.json"
+MIRROR_META = "mirror.json"  # written by semclip.pretrain.remote beside a mirrored manifest
 # Manifest columns turned into caption words when present (SEM metadata).
 METADATA_COLUMNS = ("pattern", "layer", "kv", "magnification")
 
@@ -210,6 +211,10 @@ def _synth_databar(root: Path) -> DatabarCrop:
 
 def _describe_source(root: Path) -> dict:
     path = root / SYNTH_META
+    source = {"kind": "manifest", "folder": str(root)}
     if path.is_file():
-        return {"kind": "synthetic", "folder": str(root), **json.loads(path.read_text())}
-    return {"kind": "manifest", "folder": str(root)}
+        source = {"kind": "synthetic", "folder": str(root), **json.loads(path.read_text())}
+    mirror = root / MIRROR_META
+    if mirror.is_file():  # an object-store archive: name the store, not the local copy
+        source["folder"] = json.loads(mirror.read_text())["url"]
+    return source

@@ -157,6 +157,7 @@ def model_card(record: dict[str, Any]) -> str:
         origin = (
             f"synthetic SEM archive (semclip.synth), seed {source.get('seed')}, "
             f"{source.get('size')} px, pattern families {', '.join(source.get('patterns', []))}"
+            f", in `{source.get('folder')}`"
         )
     else:
         origin = f"manifest folder `{source.get('folder')}`"

@@ -41,6 +41,7 @@ from semclip.pretrain.losses import (
     multi_positive_contrastive,
     patch_targets,
 )
+from semclip.pretrain.remote import is_remote, mirror_archive
 from semclip.pretrain.towers import (
     Towers,
     build_optimizer,
@@ -95,17 +96,20 @@ def pretrain(
     stop_after: int | None = None,
     restart: bool = False,
     progress: bool = True,
+    endpoint_url: str | None = None,
 ) -> PretrainResult:
     """Pretrain (or resume pretraining) and write the backbone folder when all steps are done.
 
-    `data` is a manifest/MVTec folder; None generates the synthetic archive `synth` in
+    `data` is a manifest/MVTec folder, or the URL of a manifest archive in the object store
+    (``s3://…``, ``file://…``; `endpoint_url` for MinIO/Ceph), mirrored into
+    `work_dir/archive-mirror`; None generates the synthetic archive `synth` in
     `work_dir/archive`. `stop_after` ends this call after that many steps (checkpointed), as an
     interruption would; calling again resumes. `restart` discards an existing checkpoint.
     """
     device = torch.device(device) if device is not None else default_device()
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    archive = _archive(config, work, data, synth or SynthArchiveConfig(), progress)
+    archive = _archive(config, work, data, synth or SynthArchiveConfig(), progress, endpoint_url)
     train_idx, val_idx = archive.split(config.val_fraction, config.val_max, config.seed)
     library = prompts or load_prompts()
     towers = create_towers(config)
@@ -161,12 +165,16 @@ def _archive(
     data: str | os.PathLike | None,
     synth: SynthArchiveConfig,
     progress: bool,
+    endpoint_url: str | None = None,
 ) -> Archive:
-    root = (
-        Path(data)
-        if data is not None
-        else synthetic_archive(work / "archive", synth, config.exclude_classes, progress)
-    )
+    if data is None:
+        root = synthetic_archive(work / "archive", synth, config.exclude_classes, progress)
+    elif is_remote(data):
+        root = mirror_archive(
+            str(data), work / "archive-mirror", endpoint_url=endpoint_url, progress=progress
+        )
+    else:
+        root = Path(data)
     explicit = config.databar_top or config.databar_bottom
     databar = DatabarCrop(config.databar_top, config.databar_bottom) if explicit else None
     return load_archive(root, config.exclude_classes, databar)
