@@ -101,6 +101,8 @@ def test_nightly_quarantines_corrupt_inputs_and_reruns_idempotently(
     assert again == rows  # same rows, same run ids and times: kept, not rewritten
     files = storage._parquet_files(fs, f"{root}/predictions/date={kit.RUN_DATE}")
     assert len(files) == 1  # no stale files
+    assert second.quarantined == 2  # this run met them again ...
+    assert storage.read_quarantine(fs, root, kit.RUN_DATE).num_rows == 2  # ... recorded once
 
     # A new image arrives: only it is predicted; the partition is the union.
     fs.pipe_file(

@@ -285,6 +285,20 @@ def test_quarantine_is_written_per_date(bucket: BucketCase) -> None:
     assert read_quarantine(bucket.fs, bucket.root, NEXT_DAY).num_rows == 0
 
 
+def test_rerunning_a_date_quarantines_each_input_once(bucket: BucketCase) -> None:
+    first = [{"image_uri": "s3://b/raw/x.png", "reason": "truncated PNG", "flow_run_id": "run-1"}]
+    assert write_quarantine(bucket.fs, bucket.root, DAY, first) is not None
+    again = [
+        {"image_uri": "s3://b/raw/x.png", "reason": "truncated PNG", "flow_run_id": "run-2"},
+        {"image_uri": "s3://b/raw/x.png", "reason": "duplicate of y.png", "flow_run_id": "run-2"},
+    ]
+    assert write_quarantine(bucket.fs, bucket.root, DAY, again) is not None
+    assert write_quarantine(bucket.fs, bucket.root, DAY, again) is None, "nothing new the 3rd time"
+    table = read_quarantine(bucket.fs, bucket.root, DAY).sort_by("reason")
+    assert table.column("reason").to_pylist() == ["duplicate of y.png", "truncated PNG"]
+    assert table.column("flow_run_id").to_pylist() == ["run-2", "run-1"]
+
+
 def test_quarantine_rows_are_checked() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         quarantine_records_to_table(

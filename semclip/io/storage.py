@@ -372,14 +372,32 @@ def write_quarantine(
 ) -> str | None:
     """Append ``rows`` (image_uri, reason, flow_run_id, quarantined_at) as a new file.
 
-    One new file per call, so concurrent shards never overwrite each other; a re-run adds
-    its own file (the flow_run_id tells attempts apart). Returns its URI, or ``None`` when
-    there was nothing to write. ``quarantined_at`` defaults to now.
+    One new file per call, so concurrent shards never overwrite each other. Rows the date
+    already records (same image_uri and reason) are not written again: a re-run or backfill
+    of the date leaves one row per broken input, stamped by the run that first met it, and
+    a count over the folder stays a count of inputs. Returns the new file's URI, or ``None``
+    when there was nothing new to write. ``quarantined_at`` defaults to now.
     """
     table = quarantine_records_to_table(rows)
     if table.num_rows == 0:
         return None
     folder = f"{root}/quarantine/date={run_date.isoformat()}"
+    known = _read_parquet_files(fs, folder, QUARANTINE_SCHEMA, ["image_uri", "reason"])
+    if known.num_rows:
+        seen = set(
+            zip(*(known.column(c).to_pylist() for c in ("image_uri", "reason")), strict=True)
+        )
+        fresh = [
+            (uri, reason) not in seen
+            for uri, reason in zip(
+                table.column("image_uri").to_pylist(),
+                table.column("reason").to_pylist(),
+                strict=True,
+            )
+        ]
+        table = table.filter(pa.array(fresh, type=pa.bool_()))
+        if table.num_rows == 0:
+            return None
     path = f"{folder}/{uuid.uuid4().hex}.parquet"
     fs.makedirs(folder, exist_ok=True)
     with fs.open(path, "wb") as f:
