@@ -204,6 +204,7 @@ class Registry:
             "tracking_uri": settings.mlflow_tracking_uri,
             "model_name": settings.model_name,
             "cache_dir": settings.home / "model-cache",
+            "artifact_location": settings.mlflow_artifact_location,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

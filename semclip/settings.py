@@ -106,6 +106,12 @@ class SemclipSettings(BaseSettings):
         validation_alias=_standard("mlflow_tracking_uri"),
         description="MLflow tracking and registry URI (MLFLOW_TRACKING_URI wins).",
     )
+    mlflow_artifact_location: str | None = Field(
+        None,
+        description="Where a new MLflow experiment keeps model versions (folder, file:// or "
+        "s3://…); unset: mlartifacts/ beside a SQLite database, else the server's default. "
+        "MLflow fixes it when the experiment is created.",
+    )
     s3_endpoint_url: str | None = Field(
         None,
         validation_alias=_standard("s3_endpoint_url"),

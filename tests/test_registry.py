@@ -169,3 +169,20 @@ def test_tracking_uri_is_not_leaked_into_the_environment(
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     champion_registry.log_version(small_model_dir)
     assert "MLFLOW_TRACKING_URI" not in os.environ
+
+
+@pytest.mark.parametrize("configured", [True, False])
+def test_artifact_location_setting_places_new_experiments(tmp_path: Path, configured: bool) -> None:
+    from semclip.settings import SemclipSettings
+
+    db = tmp_path / "db" / "mlflow.db"
+    target = (tmp_path / "store" / "versions").as_uri()
+    settings = SemclipSettings(
+        home=tmp_path / "home",
+        mlflow_tracking_uri=f"sqlite:///{db}",
+        mlflow_artifact_location=target if configured else None,
+    )
+    registry = Registry.from_settings(settings)
+    experiment = registry.client().get_experiment(registry.experiment_id())
+    expected = target if configured else (db.parent / "mlartifacts").as_uri()
+    assert experiment.artifact_location.rstrip("/") == expected.rstrip("/")
