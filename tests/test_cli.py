@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import shutil
 import subprocess
@@ -158,17 +159,33 @@ def test_predict_help(capsys: pytest.CaptureFixture) -> None:
         assert option in text
 
 
-def test_building_the_parser_does_not_import_mlflow() -> None:
-    """Only `semclip promote` needs the registry: fit, predict or eval run where MLflow is not."""
+def test_top_level_help_imports_no_command_module() -> None:
+    """`semclip --help` lists every command without torch; a command loads only its module."""
     code = (
-        "import sys; from semclip.cli import build_parser; build_parser(); "
-        "print('mlflow' in sys.modules)"
+        "import sys; from semclip.cli import build_parser, COMMANDS\n"
+        "text = build_parser(['--help']).format_help()\n"
+        "print(all(name in text for name in COMMANDS), 'torch' in sys.modules)\n"
+        "build_parser(['eval', '--help'])\n"
+        "print('semclip.cli.eval_cmd' in sys.modules, 'semclip.cli.fit_cmd' in sys.modules, "
+        "'mlflow' in sys.modules)"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "False"
+    assert result.stdout.split() == ["True", "False", "True", "False", "False"]
+
+
+def test_every_command_registers_under_its_name() -> None:
+    from semclip.cli import COMMANDS, build_parser
+
+    for name in COMMANDS:
+        parser = build_parser([name])
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        assert sub.choices[name].prog == f"semclip {name}"
+        assert callable(sub.choices[name].get_default("func")), f"{name}: the full parser"
+        others = [c for c in COMMANDS if c != name]
+        assert all(sub.choices[c].get_default("func") is None for c in others)
 
 
 def test_promote_default_alias_is_the_registry_champion() -> None:

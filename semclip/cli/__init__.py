@@ -1,4 +1,8 @@
-"""The `semclip` command: one sub-command per module, registered in COMMANDS."""
+"""The `semclip` command: one sub-command per module, listed in `semclip.cli.commands`.
+
+Only the module of the sub-command being run is imported, so `semclip --help` answers without
+loading torch; the others appear in the listing as their one-line summaries.
+"""
 
 from __future__ import annotations
 
@@ -7,44 +11,42 @@ import importlib
 import logging
 import sys
 
-from semclip.artifact import IncompatibleModelError
-from semclip.backbone import BackboneError
-from semclip.cli.common import quiet_third_party_logs
-from semclip.data import DatasetError
+from semclip.cli.commands import COMMANDS, chosen_command
 
-# Each module exposes `register(subparsers) -> None`; the parser it adds sets `func`.
-COMMANDS: tuple[str, ...] = (
-    "semclip.cli.fit_cmd",
-    "semclip.cli.predict_cmd",
-    "semclip.cli.synth_cmd",
-    "semclip.cli.demo_cmd",
-    "semclip.cli.eval_cmd",
-    "semclip.cli.bench_cmd",
-    "semclip.cli.pretrain_cmd",
-    "semclip.cli.promote_cmd",
-)
+__all__ = ["COMMANDS", "build_parser", "main"]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the top-level parser with every registered sub-command."""
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The top-level parser; the sub-command named in `argv` (default sys.argv) gets its full
+    parser, the others a one-line entry (enough for `semclip --help`)."""
     parser = argparse.ArgumentParser(
         prog="semclip",
         description="Few-shot SEM defect classification and segmentation (SEM-CLIP).",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in COMMANDS:
-        importlib.import_module(name).register(sub)
+    chosen = chosen_command(sys.argv[1:] if argv is None else argv)
+    for name, (module, summary) in COMMANDS.items():
+        if name == chosen:
+            importlib.import_module(module).register(sub)
+        else:
+            sub.add_parser(name, help=summary)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    # The command's module has loaded torch by now: these imports cost nothing more.
+    from semclip.artifact import IncompatibleModelError
+    from semclip.backbone import BackboneError
+    from semclip.cli.common import quiet_third_party_logs
+    from semclip.data import DatasetError
+
     if not args.verbose:
         quiet_third_party_logs()
     try:

@@ -8,6 +8,7 @@ from functools import partial
 from tqdm import tqdm
 
 from semclip.backbone import TINY_MODEL
+from semclip.cli.commands import summary
 from semclip.cli.common import NONE_WORDS
 from semclip.eval.bench import format_bench, run_bench
 
@@ -15,7 +16,7 @@ from semclip.eval.bench import format_bench, run_bench
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "bench",
-        help="throughput and peak memory: encoder, dual path, predict, fine-tuning",
+        help=summary("bench"),
         description="Measure, in one run on in-memory synthetic SEM images: (a) open_clip "
         "encode_image, (b) the dual-path encoder, (c) SemclipModel.predict, (d) fine-tuning on "
         "shots × classes with and without augmentation beside the bare dual-path forward over "

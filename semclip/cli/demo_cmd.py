@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from semclip.artifact import save_model
 from semclip.backbone import load_backbone, offline_or_tiny_backbone
+from semclip.cli.commands import summary
 from semclip.cli.common import progress_bar
 from semclip.config import FitConfig
 from semclip.data import DatabarCrop, draw_support, load_dataset
@@ -44,7 +45,7 @@ def semclip_home() -> Path:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="run the main job on embedded defaults",
+        help=summary("demo"),
         description="Synthetic SEM data → few-shot fit → predictions, under $SEMCLIP_HOME.",
     )
     parser.add_argument("--shots", type=int, default=3, help="shots per class (default 3)")

@@ -12,6 +12,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from semclip.backbone import LOCAL_DIR_PREFIX
+from semclip.cli.commands import summary
 from semclip.cli.common import add_backbone_options, backbone_from
 from semclip.config import FitConfig
 from semclip.data import DatabarCrop, Dataset, load_dataset
@@ -44,7 +45,7 @@ def parse_methods(text: str) -> tuple[str, ...]:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "eval",
-        help="few-shot evaluation (paper protocol): metrics.json, report.md, plots",
+        help=summary("eval"),
         description="For each k and seed, draw k images (or groups) per class, good included, "
         "fit every selected method on them and score the rest. The backbone runs once per "
         "image and augmentation for the whole evaluation (feature cache under "

@@ -6,6 +6,7 @@ import argparse
 import logging
 
 from semclip.artifact import save_model
+from semclip.cli.commands import summary
 from semclip.cli.common import (
     add_backbone_options,
     add_databar_options,
@@ -34,7 +35,7 @@ def parse_shots(text: str) -> int | None:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "fit",
-        help="fit a model on k shots per class",
+        help=summary("fit"),
         description="Draw k images per class (group-aware, by seed) from a data set folder "
         "(manifest.csv or MVTec-AD layout), fit SEM-CLIP's heads on them, and save "
         "a self-contained model directory.",

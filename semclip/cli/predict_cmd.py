@@ -9,6 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from semclip.artifact import load_model
+from semclip.cli.commands import summary
 from semclip.cli.common import progress_bar
 from semclip.config import PredictConfig
 from semclip.io.schema import records_to_table
@@ -22,7 +23,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "predict",
-        help="predict images with a fitted model",
+        help=summary("predict"),
         description="Predict every image (folders are searched recursively) and write one "
         "Parquet file in the declared prediction schema. Exits 0 when the batch ran, "
         "even if some images failed (their rows carry the error); non-zero when "

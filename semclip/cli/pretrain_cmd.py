@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from semclip.backbone import LOCAL_DIR_PREFIX
+from semclip.cli.commands import summary
 from semclip.cli.common import NONE_WORDS
 from semclip.cli.demo_cmd import semclip_home
 from semclip.cli.synth_cmd import parse_patterns
@@ -32,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``pretrain`` sub-command."""
     parser = subparsers.add_parser(
         "pretrain",
-        help="pretrain a CLIP backbone on SEM images (offline recipe by default)",
+        help=summary("pretrain"),
         description="Image-text pretraining with prompt-library captions: multi-positive CLIP "
         "loss + dense mask alignment. Resumes from the work folder's checkpoint.",
     )

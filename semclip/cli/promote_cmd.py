@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 
+from semclip.cli.commands import summary
 from semclip.settings import get_settings
 
 # semclip.registry.CHAMPION, spelled out: importing the registry pulls in MLflow, which every
@@ -20,7 +21,7 @@ _SHOWN = ("f1", "accuracy", "pixel_f1_max")  # hold-out metrics printed after a 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "promote",
-        help="point the champion alias at a registered model version",
+        help=summary("promote"),
         description="Move an alias (default: champion) of the registered model to --version. "
         "The MLflow registry is MLFLOW_TRACKING_URI (default sqlite:///$SEMCLIP_HOME/mlflow.db); "
         "the model name SEMCLIP_MODEL_NAME (default semclip-sem).",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from semclip.cli.commands import summary
 from semclip.synth import DEFAULT_COUNTS, PATTERNS, generate_dataset
 from semclip.synth.dataset import WAFERS_PER_LOT
 
@@ -46,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``synth`` sub-command."""
     parser = subparsers.add_parser(
         "synth",
-        help="generate a synthetic SEM defect data set",
+        help=summary("synth"),
         description="Write seeded synthetic SEM review images with defect masks and a manifest.",
     )
     parser.add_argument("--out", required=True, help="output directory")

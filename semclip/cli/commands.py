@@ -1,0 +1,41 @@
+"""The sub-commands of `semclip`: name → (module, one-line summary).
+
+Light on purpose: `semclip --help` lists the commands from this table without importing any of
+their modules (each pulls in torch and open_clip, seconds of import), and `semclip CMD` imports
+only CMD's module. Each module's `register(subparsers)` adds its parser with `summary(name)`.
+"""
+
+from __future__ import annotations
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "fit": ("semclip.cli.fit_cmd", "fit a model on k shots per class"),
+    "predict": ("semclip.cli.predict_cmd", "predict images with a fitted model"),
+    "synth": ("semclip.cli.synth_cmd", "generate a synthetic SEM defect data set"),
+    "demo": ("semclip.cli.demo_cmd", "run the main job on embedded defaults"),
+    "eval": (
+        "semclip.cli.eval_cmd",
+        "few-shot evaluation (paper protocol): metrics.json, report.md, plots",
+    ),
+    "bench": (
+        "semclip.cli.bench_cmd",
+        "throughput and peak memory: encoder, dual path, predict, fine-tuning",
+    ),
+    "pretrain": (
+        "semclip.cli.pretrain_cmd",
+        "pretrain a CLIP backbone on SEM images (offline recipe by default)",
+    ),
+    "promote": (
+        "semclip.cli.promote_cmd",
+        "point the champion alias at a registered model version",
+    ),
+}
+
+
+def summary(name: str) -> str:
+    """The one-line help of sub-command `name`, shown by `semclip --help`."""
+    return COMMANDS[name][1]
+
+
+def chosen_command(argv: list[str]) -> str | None:
+    """The sub-command named on the command line (first non-option word), if any."""
+    return next((word for word in argv if not word.startswith("-")), None)
