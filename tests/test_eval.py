@@ -285,3 +285,41 @@ def test_clip_zero_classifies_by_the_nearest_class_prompt() -> None:
     assert out.score_map.shape == (2, 32, 32)
     assert out.score_map[0, :8].mean() > 0.5 > out.score_map[0, 24:].max()
     assert float(out.score_map[1].max()) < 0.01 and scorer.tau is None
+
+
+def test_compare_puts_backbones_side_by_side(result: EvalResult, tmp_path: Path) -> None:
+    """Two backbones' folders (one split over two folders) → one column each, counted once."""
+    from semclip.eval.compare import load_comparison, markdown
+    from semclip.eval.report import cell
+
+    first = write_report(result, tmp_path / "tiny", plots=False).parent
+    shutil.copytree(first, tmp_path / "tiny-again")  # the same runs twice: merged, not doubled
+    other = tmp_path / "pretrained"
+    other.mkdir()
+    for name in ("metrics.json", "per_class.json"):
+        rows = json.loads((first / name).read_text())
+        for row in rows:
+            row.update(backbone="local-dir:/models/sem", pretrained=None, random_weights=False)
+            if "iauroc" in row and row["iauroc"] is not None:
+                row["iauroc"] = 0.9
+        (other / name).write_text(json.dumps(rows))
+    comparison = load_comparison([first, tmp_path / "tiny-again", other])
+    assert [b.name for b in comparison.backbones] == ["semclip-tiny", "local-dir:/models/sem"]
+    assert len(comparison.runs) == 2 * len(records(result))
+    text = markdown(comparison, ["bridge"])
+    assert "`semclip-tiny` (RANDOM)" in text and "RANDOM WEIGHTS" in text
+    assert "## 1-shot" in text and "## 2-shot" in text and "## 3-shot" not in text
+    semclip_k1 = [r for r in records(result) if r["method"] == "semclip" and r["shots"] == 1]
+    expected = " / ".join(cell(r[m] for r in semclip_k1) for m in ("iauroc", "pauroc", "f1max_px"))
+    row = next(line for line in text.splitlines() if line.startswith("| `semclip` |"))
+    assert row.split(" | ")[1].startswith(expected)
+    assert row.split(" | ")[2].startswith("90.0 ± 0.0 / ")
+    assert "## Class `bridge`" in text
+    with pytest.raises(FileNotFoundError, match="no metrics.json"):
+        load_comparison([tmp_path / "nothing"])
+
+
+def test_compare_cli(result: EvalResult, tmp_path: Path) -> None:
+    folder = write_report(result, tmp_path / "tiny", plots=False).parent
+    assert main(["compare", str(folder), "--out", str(tmp_path / "c.md")]) == 0
+    assert "`semclip-tiny` (RANDOM)" in (tmp_path / "c.md").read_text()

@@ -16,6 +16,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "semclip.cli.eval_cmd",
         "few-shot evaluation (paper protocol): metrics.json, report.md, plots",
     ),
+    "compare": (
+        "semclip.cli.compare_cmd",
+        "several evaluations side by side, one column per backbone",
+    ),
     "bench": (
         "semclip.cli.bench_cmd",
         "throughput and peak memory: encoder, dual path, predict, fine-tuning",
