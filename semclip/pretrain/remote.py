@@ -100,7 +100,7 @@ def _referenced_files(text: str, where: str) -> list[str]:
             value = (row.get(column) or "").strip()
             if not value:
                 continue
-            path = PurePosixPath(value.replace("\\", "/"))
+            path = PurePosixPath(value)
             if "://" in value or path.is_absolute() or ".." in path.parts:
                 bad.append(f"line {line}: {column} {value!r}")
             else:
