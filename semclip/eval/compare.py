@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from semclip.eval.registry import ORDER
-from semclip.eval.report import cell
+from semclip.eval.report import SEGMENTATION, cell, ordered_methods
 
-SEGMENTATION = ("iauroc", "pauroc", "f1max_px")
-CLASSIFICATION = ("accuracy", "f1")
+CLASSIFICATION = ("accuracy", "f1")  # the two of report.CLASSIFICATION a side-by-side cell fits
 
 
 @dataclass(frozen=True)
@@ -127,8 +126,7 @@ def _key(record: dict[str, Any]) -> tuple:
 
 
 def _methods(records: Iterable[dict[str, Any]]) -> list[str]:
-    present = list(dict.fromkeys(r["method"] for r in records))
-    return [m for m in ORDER if m in present] + [m for m in present if m not in ORDER]
+    return ordered_methods((r["method"] for r in records), ORDER)
 
 
 def _table(

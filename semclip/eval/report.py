@@ -137,10 +137,15 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
-def _methods(result: EvalResult, order: Sequence[str]) -> list[str]:
-    present = list(dict.fromkeys(r.method for r in result.runs))
+def ordered_methods(names: Iterable[str], order: Sequence[str]) -> list[str]:
+    """The distinct method names, those listed in `order` first (in its order), then the rest."""
+    present = list(dict.fromkeys(names))
     first = [m for m in order if m in present]
     return first + [m for m in present if m not in first]
+
+
+def _methods(result: EvalResult, order: Sequence[str]) -> list[str]:
+    return ordered_methods((r.method for r in result.runs), order)
 
 
 def segmentation_table(result: EvalResult, metrics: Sequence[str] = SEGMENTATION) -> list[str]:

@@ -366,6 +366,8 @@ def _resolve_uri(fs: AbstractFileSystem, root: str, value: str | None) -> str | 
 
 # --------------------------------------------------------------------------- quarantine
 
+QUARANTINE_KEY = ("image_uri", "reason")  # one row per broken input and reason, per date
+
 
 def write_quarantine(
     fs: AbstractFileSystem, root: str, run_date: dt.date, rows: Iterable[Mapping[str, Any]]
@@ -382,19 +384,10 @@ def write_quarantine(
     if table.num_rows == 0:
         return None
     folder = f"{root}/quarantine/date={run_date.isoformat()}"
-    known = _read_parquet_files(fs, folder, QUARANTINE_SCHEMA, ["image_uri", "reason"])
+    known = _read_parquet_files(fs, folder, QUARANTINE_SCHEMA, QUARANTINE_KEY)
     if known.num_rows:
-        seen = set(
-            zip(*(known.column(c).to_pylist() for c in ("image_uri", "reason")), strict=True)
-        )
-        fresh = [
-            (uri, reason) not in seen
-            for uri, reason in zip(
-                table.column("image_uri").to_pylist(),
-                table.column("reason").to_pylist(),
-                strict=True,
-            )
-        ]
+        seen = set(_keys(known, QUARANTINE_KEY))
+        fresh = [key not in seen for key in _keys(table, QUARANTINE_KEY)]
         table = table.filter(pa.array(fresh, type=pa.bool_()))
         if table.num_rows == 0:
             return None
