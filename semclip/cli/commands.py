@@ -28,6 +28,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "semclip.cli.pretrain_cmd",
         "pretrain a CLIP backbone on SEM images (offline recipe by default)",
     ),
+    "convert": (
+        "semclip.cli.convert_cmd",
+        "convert a local copy of a public defect set (NEU-Seg) into a manifest folder",
+    ),
     "promote": (
         "semclip.cli.promote_cmd",
         "point the champion alias at a registered model version",
