@@ -3,7 +3,7 @@
 Every date is validated before anything is scheduled; each run gets the idempotency key
 ``semclip-backfill/<request id>/<date>`` (Prefect keeps keys for ever: the request id lets a
 later backfill of the same date run again, while a retried backfill reuses its own runs).
-The runs queue on the work pool and take the "gpu" limit one at a time.
+The runs queue on the work pool and take the "semclip-gpu" limit one at a time.
 """
 
 from __future__ import annotations

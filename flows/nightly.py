@@ -1,7 +1,7 @@
 """nightly-inference(run_date): predict one date's SEM dump into its Parquet partition.
 
 Recipe: validate → resolve the model → list raw/<date>/ → read ids and KLARF positions →
-predict shard by shard (one GPU job at a time, through the strict "gpu" limit) → rewrite
+predict shard by shard (one GPU job at a time, through the strict "semclip-gpu" limit) → rewrite
 predictions/date=<date>/ as the union of the rows kept and the new ones → report counts.
 Re-runs and backfills of a date are idempotent: images already predicted by the same model
 version (same bytes) are kept, not recomputed.

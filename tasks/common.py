@@ -14,7 +14,7 @@ from semclip.settings import SemclipSettings
 
 __all__ = ["GPU_LIMIT", "IO_RETRIES", "BucketRef", "current_flow_run_id", "retry_on_transient"]
 
-GPU_LIMIT = "gpu"  # Prefect global concurrency limit; created at set-up (flows/setup.py)
+GPU_LIMIT = "semclip-gpu"  # Prefect global concurrency limit; created at set-up (flows/setup.py)
 
 # Errors that say "this will not get better by waiting": no retry for them.
 _PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)

@@ -2,7 +2,7 @@
 
 * ``prefect_server``: one session-wide ``prefect_test_harness()`` (a real API server in a
   subprocess) with PREFECT_HOME and result storage in a temp folder and analytics off, and
-  the strict "gpu" limit created as set-up does.
+  the strict "semclip-gpu" limit created as set-up does.
 * ``registry_templates``: MLflow's schema migrations cost seconds per database, so two
   SQLite files are made once (an empty registry, and one holding ``small_model_dir`` as
   version 1 = champion) and each test gets its own copy (``empty_registry`` /
@@ -65,7 +65,7 @@ class PipelineEnv:
 
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """A temporary Prefect API for the whole session, offline, with the "gpu" limit."""
+    """A temporary Prefect API for the whole session, offline, with the "semclip-gpu" limit."""
     from prefect.settings import (
         PREFECT_HOME,
         PREFECT_LOCAL_STORAGE_PATH,

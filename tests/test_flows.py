@@ -361,11 +361,60 @@ def test_gpu_limit_exists_and_setup_is_idempotent() -> None:
     from prefect.client.orchestration import get_client
 
     from flows.setup import ensure_gpu_limit
+    from tasks.common import GPU_LIMIT
 
+    assert GPU_LIMIT == "semclip-gpu"
     assert ensure_gpu_limit() is False  # created at session set-up already
     with get_client(sync_client=True) as client:
-        limit = client.read_global_concurrency_limit_by_name("gpu")
+        limit = client.read_global_concurrency_limit_by_name(GPU_LIMIT)
     assert limit.limit == 1 and limit.active
+
+
+def test_setup_leaves_an_operators_limit_alone() -> None:
+    """A shared server's limit of 3 stays 3: set-up only creates what is missing."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    from flows.setup import ensure_gpu_limit
+
+    name = "semclip-gpu-shared-test"
+    with get_client(sync_client=True) as client:
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=3))
+    assert ensure_gpu_limit(1, name=name) is False
+    with get_client(sync_client=True) as client:
+        assert client.read_global_concurrency_limit_by_name(name).limit == 3
+
+
+def test_setup_gives_the_work_pool_a_concurrency_limit(capsys: pytest.CaptureFixture) -> None:
+    """Backfill runs queue: the pool starts one flow run at a time, and set-up says where."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
+
+    from flows.setup import ensure_work_pool, main
+
+    assert main(["--pool", "semclip-test-pool"]) == 0
+    out = capsys.readouterr().out
+    assert "Prefect server: http" in out and "'semclip-test-pool': created" in out
+    with get_client(sync_client=True) as client:
+        assert client.read_work_pool("semclip-test-pool").concurrency_limit == 1
+        client.create_work_pool(WorkPoolCreate(name="semclip-bare-pool", type="process"))
+    assert ensure_work_pool("semclip-bare-pool", 1) is False  # present, but had no limit
+    with get_client(sync_client=True) as client:
+        assert client.read_work_pool("semclip-bare-pool").concurrency_limit == 1
+        client.update_work_pool("semclip-bare-pool", WorkPoolUpdate(concurrency_limit=4))
+    ensure_work_pool("semclip-bare-pool", 1)
+    with get_client(sync_client=True) as client:
+        assert client.read_work_pool("semclip-bare-pool").concurrency_limit == 4
+
+
+def test_setup_refuses_a_temporary_server(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import flows.setup as setup
+
+    monkeypatch.setattr(setup, "server_url", lambda: None)
+    assert setup.main([]) == 2
+    assert "PREFECT_API_URL is not set" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
