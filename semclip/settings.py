@@ -124,6 +124,12 @@ class SemclipSettings(BaseSettings):
         None, description="Pretrained weights (tag, file or local-dir:); unset: project default."
     )
     prefect_home: Path | None = Field(None, description="PREFECT_HOME for local runs.")
+    prefect_startup_timeout_s: int = Field(
+        180,
+        ge=1,
+        description="Seconds `make demo` waits for the local Prefect server it starts when "
+        "PREFECT_API_URL is unset.",
+    )
 
     @classmethod
     def settings_customise_sources(
