@@ -193,3 +193,12 @@ def test_promote_default_alias_is_the_registry_champion() -> None:
     from semclip.registry import CHAMPION
 
     assert promote_cmd.CHAMPION == CHAMPION
+
+
+def test_version_prints_the_installed_version(capsys: pytest.CaptureFixture) -> None:
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"semclip {version('semclip')}"

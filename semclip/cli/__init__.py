@@ -16,6 +16,16 @@ from semclip.cli.commands import COMMANDS, chosen_command
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 
+def _version() -> str:
+    """The installed distribution's version (pyproject.toml), without importing torch."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("semclip")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The top-level parser; the sub-command named in `argv` (default sys.argv) gets its full
     parser, the others a one-line entry (enough for `semclip --help`)."""
@@ -24,6 +34,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         description="Few-shot SEM defect classification and segmentation (SEM-CLIP).",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"semclip {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     chosen = chosen_command(sys.argv[1:] if argv is None else argv)
     for name, (module, summary) in COMMANDS.items():
