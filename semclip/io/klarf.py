@@ -82,6 +82,7 @@ class _Token:
     text: str
     line: int
     quoted: bool = False
+    col: int = 0  # offset of the token's first character in its line (the quote, if quoted)
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,7 @@ def parse_klarf(text: str, *, source: str = "<klarf>", um_per_unit: float = 1.0)
                 raise KlarfError(source, stmt.line, "DefectList before any DefectRecordSpec")
             if not wafers:
                 wafers.append(_Wafer(None))
-            wafers[-1].rows.extend(_rows(stmt, spec, source))
+            wafers[-1].rows.extend(row[:3] for row in _rows(stmt, spec, source))
     if spec is None:
         raise KlarfError(source, None, "no DefectRecordSpec: not a KLARF defect file")
     defects = [
@@ -149,9 +150,9 @@ def _tokens(text: str, source: str) -> Iterator[_Token]:
             if match.group("bad") is not None:
                 raise KlarfError(source, number, "unterminated quoted string")
             if match.group("quoted") is not None:
-                yield _Token(match.group("quoted"), number, quoted=True)
+                yield _Token(match.group("quoted"), number, quoted=True, col=match.start())
             else:
-                yield _Token(match.group(0), number)
+                yield _Token(match.group(0), number, col=match.start())
 
 
 def _statements(tokens: Iterator[_Token], source: str) -> Iterator[_Statement]:
@@ -195,8 +196,8 @@ def _record_spec(stmt: _Statement, source: str) -> list[str]:
 
 def _rows(
     stmt: _Statement, spec: Sequence[str], source: str
-) -> Iterator[tuple[int, dict[str, str], list[int]]]:
-    """Split the DefectList values into rows of ``spec``.
+) -> Iterator[tuple[int, dict[str, str], list[int], dict[str, _Token]]]:
+    """Split the DefectList values into rows of ``spec``: (line, values, images, tokens).
 
     A row may wrap onto several lines (long IMAGELISTs do), but a new row starts on a new
     line: a row that ends mid-line means the line has more fields than the spec, which is
@@ -207,6 +208,7 @@ def _rows(
     while i < len(tokens):
         start = tokens[i]
         values: dict[str, str] = {}
+        cells: dict[str, _Token] = {}
         images: list[int] = []
         for column in spec:
             if i >= len(tokens):
@@ -219,6 +221,7 @@ def _rows(
                 images, i = _image_list(tokens, i, start.line, source)
             else:
                 values[column] = tokens[i].text
+                cells[column] = tokens[i]
                 i += 1
         if i < len(tokens) and tokens[i].line == tokens[i - 1].line:
             raise KlarfError(
@@ -226,7 +229,7 @@ def _rows(
                 tokens[i].line,
                 f"defect row has more fields than the {len(spec)} of DefectRecordSpec",
             )
-        yield start.line, values, images
+        yield start.line, values, images, cells
 
 
 def _image_list(
