@@ -23,6 +23,7 @@ from semclip.pretrain import SMALL_MODEL, PretrainConfig, SynthArchiveConfig, pr
 from semclip.pretrain.remote import is_remote
 from semclip.prompts import load_prompts
 from semclip.settings import get_settings
+from semclip.synth.styles import DEFAULT_MIX, DEFAULT_STYLES, HELDOUT_STYLES
 
 log = logging.getLogger(__name__)
 DEFAULTS = PretrainConfig()
@@ -58,6 +59,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"synthetic images per class (default {SYNTH_DEFAULTS.per_class})",
     )
     data.add_argument("--archive-size", type=int, default=SYNTH_DEFAULTS.size)
+    data.add_argument(
+        "--archive-style",
+        choices=(DEFAULT_MIX, *DEFAULT_STYLES),
+        default=SYNTH_DEFAULTS.style,
+        help=f"synthetic archive style (default: the mix of {', '.join(DEFAULT_STYLES)}); "
+        f"held-out styles ({', '.join(HELDOUT_STYLES)}) are never used for pretraining",
+    )
     data.add_argument("--patterns", type=parse_patterns, default=None)
     data.add_argument("--databar-top", type=int, default=0)
     data.add_argument("--databar-bottom", type=int, default=0)
@@ -141,6 +149,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
         per_class=args.archive_per_class,
         size=args.archive_size,
         patterns=tuple(args.patterns or ()),
+        style=args.archive_style,
     )
     name = run_name(args.model, config.exclude_classes)
     home = semclip_home()

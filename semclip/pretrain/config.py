@@ -52,7 +52,9 @@ class SynthArchiveConfig:
     seed: int = 1000  # generator seed of the archive (evaluation sets use other seeds)
     per_class: int = 400  # images per class (balanced: the fab ratio matters less here)
     size: int = 256  # rendered side in pixels, databar included
-    patterns: tuple[str, ...] = ()  # background families; empty = all of semclip.synth.PATTERNS
+    patterns: tuple[str, ...] = ()  # background families; empty = the styles' own families
+    style: str = "default"  # a pretraining style or "default" (their mix); never a held-out one
+    databar: str = "style"  # databar side, or "style": each image's style picks side and height
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "patterns": list(self.patterns)}
