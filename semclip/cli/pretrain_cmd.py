@@ -1,8 +1,10 @@
 """`semclip pretrain`: adapt (or train) a CLIP backbone on SEM images, resumably.
 
-With no arguments it is the offline recipe behind `make backbone`: generate the synthetic
-archive, pretrain `semclip-sem-small` from random init, and write the finished backbone to
-`$SEMCLIP_HOME/backbones/semclip-sem-small/` (work files under `$SEMCLIP_HOME/work/pretrain/`).
+With no arguments it runs the recipe for this machine from `semclip/pretrain/recipes.yaml`
+(`cpu`, behind `make backbone`: generate the synthetic archive, pretrain `semclip-sem-small`
+from random init; `gpu` where CUDA is available: `semclip-sem-base`, longer, on a larger
+archive) and writes the finished backbone to `$SEMCLIP_HOME/backbones/<model>/` (work files
+under `$SEMCLIP_HOME/work/pretrain/`).
 Run the same command again after an interruption and it resumes from the last checkpoint.
 """
 
@@ -19,14 +21,15 @@ from semclip.cli.commands import summary
 from semclip.cli.common import NONE_WORDS
 from semclip.cli.demo_cmd import semclip_home
 from semclip.cli.synth_cmd import parse_patterns
-from semclip.pretrain import SMALL_MODEL, PretrainConfig, SynthArchiveConfig, pretrain
+from semclip.pretrain import SMALL_MODEL, pretrain
+from semclip.pretrain.config import RECIPE_NAMES, get_recipe, load_recipes
 from semclip.pretrain.remote import is_remote
 from semclip.prompts import load_prompts
 from semclip.settings import get_settings
+from semclip.synth.styles import DEFAULT_MIX, DEFAULT_STYLES, HELDOUT_STYLES
 
 log = logging.getLogger(__name__)
-DEFAULTS = PretrainConfig()
-SYNTH_DEFAULTS = SynthArchiveConfig()
+RECIPE_DEFAULT = "(recipe)"  # shown in --help for options whose default comes from the recipe
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,7 +38,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "pretrain",
         help=summary("pretrain"),
         description="Image-text pretraining with prompt-library captions: multi-positive CLIP "
-        "loss + dense mask alignment. Resumes from the work folder's checkpoint.",
+        "loss + dense mask alignment. Resumes from the work folder's checkpoint. Model, schedule "
+        "and archive size come from a recipe in semclip/pretrain/recipes.yaml (both the cpu and "
+        "the gpu recipe live in that one file); options marked (recipe) override it.",
+    )
+    recipes = load_recipes()
+    parser.add_argument(
+        "--recipe",
+        choices=("auto", *RECIPE_NAMES),
+        default="auto",
+        help="recipe from semclip/pretrain/recipes.yaml; auto (default): gpu when CUDA is "
+        "available (or --device cuda), else cpu. "
+        + "; ".join(f"{n}: {r.description}" for n, r in recipes.items()),
     )
     data = parser.add_argument_group("data")
     data.add_argument(
@@ -50,38 +64,51 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=(),
         help="classes left out of the archive, e.g. bridge,infilm",
     )
-    data.add_argument("--archive-seed", type=int, default=SYNTH_DEFAULTS.seed)
+    data.add_argument("--archive-seed", type=int, default=None, help=RECIPE_DEFAULT)
     data.add_argument(
         "--archive-per-class",
         type=int,
-        default=SYNTH_DEFAULTS.per_class,
-        help=f"synthetic images per class (default {SYNTH_DEFAULTS.per_class})",
+        default=None,
+        help="synthetic images per class (recipe: cpu "
+        f"{recipes['cpu'].archive.per_class}, gpu {recipes['gpu'].archive.per_class})",
     )
-    data.add_argument("--archive-size", type=int, default=SYNTH_DEFAULTS.size)
+    data.add_argument("--archive-size", type=int, default=None, help=RECIPE_DEFAULT)
+    data.add_argument(
+        "--archive-style",
+        choices=(DEFAULT_MIX, *DEFAULT_STYLES),
+        default=None,
+        help=f"synthetic archive style (default: the mix of {', '.join(DEFAULT_STYLES)}); "
+        f"held-out styles ({', '.join(HELDOUT_STYLES)}) are never used for pretraining",
+    )
     data.add_argument("--patterns", type=parse_patterns, default=None)
     data.add_argument("--databar-top", type=int, default=0)
     data.add_argument("--databar-bottom", type=int, default=0)
     data.add_argument("--prompts", default=None, help="prompt YAML (default: packaged)")
     model = parser.add_argument_group("model")
-    model.add_argument("--model", default=SMALL_MODEL, help="open_clip name or local-dir:PATH")
+    model.add_argument(
+        "--model",
+        default=None,
+        help=f"open_clip name or local-dir:PATH (recipe: cpu {recipes['cpu'].pretrain.model}, "
+        f"gpu {recipes['gpu'].pretrain.model})",
+    )
     model.add_argument(
         "--pretrained", default=None, help="open_clip tag or checkpoint (default: random init)"
     )
     model.add_argument("--lock-text", action="store_true", help="freeze the text tower")
     model.add_argument("--lock-image-layers", type=int, default=0, help="freeze first N blocks")
     recipe = parser.add_argument_group("recipe")
-    recipe.add_argument("--steps", type=int, default=DEFAULTS.steps)
-    recipe.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
-    recipe.add_argument("--lr", type=float, default=DEFAULTS.lr)
-    recipe.add_argument("--warmup-steps", type=int, default=DEFAULTS.warmup_steps)
-    recipe.add_argument("--dense-weight", type=float, default=DEFAULTS.dense_weight)
+    recipe.add_argument("--steps", type=int, default=None, help=RECIPE_DEFAULT)
+    recipe.add_argument("--batch-size", type=int, default=None, help=RECIPE_DEFAULT)
+    recipe.add_argument("--lr", type=float, default=None, help=RECIPE_DEFAULT)
+    recipe.add_argument("--warmup-steps", type=int, default=None, help=RECIPE_DEFAULT)
+    recipe.add_argument("--dense-weight", type=float, default=None, help=RECIPE_DEFAULT)
     recipe.add_argument(
         "--vv-dense-weight",
         type=float,
-        default=DEFAULTS.vv_dense_weight,
-        help="dense loss on the V-V path SEM-CLIP's S_n reads (0 = off)",
+        default=None,
+        help="dense loss on the V-V path SEM-CLIP's S_n reads (0 = off) " + RECIPE_DEFAULT,
     )
-    recipe.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    recipe.add_argument("--seed", type=int, default=None, help=RECIPE_DEFAULT)
     recipe.add_argument(
         "--cpu-bf16",
         choices=("auto", "on", "off"),
@@ -91,10 +118,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run = parser.add_argument_group("run")
     run.add_argument("--out", default=None, help="backbone folder (default under $SEMCLIP_HOME)")
     run.add_argument("--work-dir", default=None, help="checkpoint/archive folder")
-    run.add_argument("--checkpoint-every", type=int, default=DEFAULTS.checkpoint_every)
+    run.add_argument("--checkpoint-every", type=int, default=None, help=RECIPE_DEFAULT)
     run.add_argument("--stop-after", type=int, default=None, help="stop after N steps")
     run.add_argument("--restart", action="store_true", help="discard an existing checkpoint")
-    run.add_argument("--workers", type=int, default=0, help="image decoding threads")
+    run.add_argument("--workers", type=int, default=None, help="image decoding threads (recipe)")
     run.add_argument("--device", default=None, help="cpu, cuda (default: CUDA if present)")
     parser.set_defaults(func=run_pretrain)
 
@@ -106,7 +133,8 @@ def _names(text: str) -> tuple[str, ...]:
 def run_name(model: str, excluded: tuple[str, ...]) -> str:
     """Folder name of a run: semclip-sem-small[-without-bridge-infilm]."""
     base = model[len(LOCAL_DIR_PREFIX) :] if model.startswith(LOCAL_DIR_PREFIX) else model
-    base = SMALL_MODEL if model == SMALL_MODEL else f"{Path(base).name}-sem"
+    packaged = model.startswith("semclip-sem")  # semclip/model_configs: already SEM names
+    base = model if model == SMALL_MODEL or packaged else f"{Path(base).name}-sem"
     name = f"{base}-without-{'-'.join(excluded)}" if excluded else base
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name)
 
@@ -116,33 +144,41 @@ def run_pretrain(args: argparse.Namespace) -> int:
     pretrained = args.pretrained
     if pretrained is not None and pretrained.strip().lower() in NONE_WORDS:
         pretrained = None
+    recipe = get_recipe(None if args.recipe == "auto" else args.recipe, args.device)
+    log.info("recipe %s: %s", recipe.name, recipe.description)
+    chosen = {
+        "model": args.model,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "warmup_steps": args.warmup_steps,
+        "dense_weight": args.dense_weight,
+        "vv_dense_weight": args.vv_dense_weight,
+        "seed": args.seed,
+        "checkpoint_every": args.checkpoint_every,
+        "num_workers": args.workers,
+    }
     config = replace(
-        DEFAULTS,
-        model=args.model,
+        recipe.pretrain,
+        **{k: v for k, v in chosen.items() if v is not None},
         pretrained=pretrained,
         lock_text=args.lock_text,
         lock_image_layers=args.lock_image_layers,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        warmup_steps=min(args.warmup_steps, args.steps),
-        dense_weight=args.dense_weight,
-        vv_dense_weight=args.vv_dense_weight,
         exclude_classes=args.exclude_classes,
         databar_top=args.databar_top,
         databar_bottom=args.databar_bottom,
         cpu_bf16={"auto": None, "on": True, "off": False}[args.cpu_bf16],
-        seed=args.seed,
-        checkpoint_every=args.checkpoint_every,
-        num_workers=args.workers,
     )
-    synth = SynthArchiveConfig(
-        seed=args.archive_seed,
-        per_class=args.archive_per_class,
-        size=args.archive_size,
-        patterns=tuple(args.patterns or ()),
-    )
-    name = run_name(args.model, config.exclude_classes)
+    config = replace(config, warmup_steps=min(config.warmup_steps, config.steps))
+    archive = {
+        "seed": args.archive_seed,
+        "per_class": args.archive_per_class,
+        "size": args.archive_size,
+        "patterns": tuple(args.patterns) if args.patterns else None,
+        "style": args.archive_style,
+    }
+    synth = replace(recipe.archive, **{k: v for k, v in archive.items() if v is not None})
+    name = run_name(config.model, config.exclude_classes)
     home = semclip_home()
     out = Path(args.out) if args.out else home / "backbones" / name
     work = Path(args.work_dir) if args.work_dir else home / "work" / "pretrain" / name

@@ -7,7 +7,8 @@ import logging
 
 from semclip.cli.commands import summary
 from semclip.synth import DEFAULT_COUNTS, PATTERNS, generate_dataset
-from semclip.synth.dataset import WAFERS_PER_LOT
+from semclip.synth.dataset import STYLE_DATABAR, WAFERS_PER_LOT
+from semclip.synth.styles import DEFAULT_MIX, DEFAULT_STYLES, STYLES, resolve_styles
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,21 @@ def parse_patterns(text: str) -> list[str]:
             f"unknown patterns {unknown}; choose from {sorted(PATTERNS)}"
         )
     return names
+
+
+def parse_style(text: str) -> str:
+    """A known style name or the default mix; argparse reports the error with the choices."""
+    try:
+        resolve_styles(text.strip())
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text.strip()
+
+
+def _style_help() -> str:
+    lines = [f"{DEFAULT_MIX} = mix of {', '.join(DEFAULT_STYLES)}, the pretraining styles"]
+    lines += [f"{name}: {style.description}" for name, style in STYLES.items()]
+    return "imaging style (default %(default)s). " + "; ".join(lines)
 
 
 def scaled_counts(counts: dict[str, int], scale: float) -> dict[str, int]:
@@ -66,9 +82,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--patterns",
         type=parse_patterns,
         default=None,
-        help=f"background families, comma separated (default all: {','.join(sorted(PATTERNS))})",
+        help="background families, comma separated (default: the style's own; all: "
+        f"{','.join(sorted(PATTERNS))})",
     )
-    parser.add_argument("--databar", choices=("top", "bottom", "none"), default="bottom")
+    parser.add_argument("--style", type=parse_style, default=DEFAULT_MIX, help=_style_help())
+    parser.add_argument(
+        "--databar",
+        choices=(STYLE_DATABAR, "top", "bottom", "none"),
+        default=STYLE_DATABAR,
+        help="databar side; 'style' (default) lets each image's style choose side and height",
+    )
     parser.add_argument("--bit-depth", type=int, choices=(8, 16), default=8)
     parser.add_argument(
         "--wafers",
@@ -93,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         bit_depth=args.bit_depth,
         wafers=args.wafers,
         progress=True,
+        style=args.style,
     )
     print(f"wrote {sum(counts.values())} images to {out}")
     return 0

@@ -24,7 +24,8 @@ from semclip.backbone import file_sha256
 from semclip.data import DatabarCrop, load_dataset, read_image, read_mask
 from semclip.data.dataset import GOOD, MANIFEST
 from semclip.pretrain.config import SynthArchiveConfig
-from semclip.synth import LABELS, PATTERNS, generate_dataset
+from semclip.synth import LABELS, generate_dataset
+from semclip.synth.styles import heldout_only_patterns, resolve_styles
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,11 @@ def synthetic_archive(
     interrupted or differently configured generation is redone, never half-used.
     """
     counts = {label: spec.per_class for label in LABELS if label not in exclude}
-    patterns = list(spec.patterns) or sorted(PATTERNS)
+    check_pretraining_styles(spec)
+    styles = [style.name for style in resolve_styles(spec.style)]
+    patterns = list(spec.patterns) or sorted(
+        {p for s in resolve_styles(spec.style) for p in s.patterns}
+    )
     meta_path = folder / SYNTH_META
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())
@@ -110,16 +115,50 @@ def synthetic_archive(
             and meta.get("counts") == counts
             and meta.get("size") == spec.size
             and meta.get("patterns") == patterns
+            and meta.get("styles") == styles
+            and meta.get("databar_request", meta.get("databar")) == spec.databar
         )
         if same and (folder / MANIFEST).is_file():
             log.info("reusing synthetic archive %s", folder)
             return folder
     if folder.exists():
         shutil.rmtree(folder)
-    log.info("generating synthetic archive: %d images, seed %d", sum(counts.values()), spec.seed)
-    return generate_dataset(
-        folder, counts=counts, seed=spec.seed, size=spec.size, patterns=patterns, progress=progress
+    log.info(
+        "generating synthetic archive: %d images, seed %d, styles %s",
+        sum(counts.values()),
+        spec.seed,
+        ",".join(styles),
     )
+    out = generate_dataset(
+        folder,
+        counts=counts,
+        seed=spec.seed,
+        size=spec.size,
+        patterns=list(spec.patterns) or None,
+        databar=spec.databar,
+        style=spec.style,
+        progress=progress,
+    )
+    meta = json.loads((out / SYNTH_META).read_text())
+    assert set(meta["styles"]) == set(styles), "the archive must hold the requested styles only"
+    return out
+
+
+def check_pretraining_styles(spec: SynthArchiveConfig) -> None:
+    """Raise ValueError when the archive would show held-out styles or their pattern families.
+
+    Held-out styles measure transfer to a tool pretraining never saw; one image of them in the
+    archive would make that measurement meaningless.
+    """
+    held = [style.name for style in resolve_styles(spec.style) if not style.pretrain]
+    if held:
+        raise ValueError(
+            f"style {spec.style!r} is held out of pretraining ({held}); use 'default' or one of "
+            "the pretraining styles"
+        )
+    leaked = sorted(set(spec.patterns) & set(heldout_only_patterns()))
+    if leaked:
+        raise ValueError(f"pattern families {leaked} belong to held-out styles only")
 
 
 def load_archive(

@@ -1,8 +1,9 @@
 """Typed, frozen configs of domain pretraining (`semclip pretrain`); one comment per field.
 
 The defaults are the offline recipe behind `make backbone`: a small ViT from random init on a
-synthetic SEM archive, sized to finish in under 45 minutes on 2 CPU cores. Production runs
-(continued training of a LAION ViT-B/16+ on a fab archive) change `model`, `pretrained`,
+synthetic SEM archive, sized to finish in under 45 minutes on 2 CPU cores. Recipes sized by
+device (`cpu`, `gpu`) live in `recipes.yaml` beside this file: :func:`get_recipe`. Production
+runs (continued training of a LAION ViT-B/16+ on a fab archive) change `model`, `pretrained`,
 `lr` and the locks.
 """
 
@@ -10,10 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
+import yaml
+
 SMALL_MODEL = "semclip-sem-small"  # semclip/model_configs/semclip-sem-small.json
+RECIPES_FILE = "recipes.yaml"  # packaged beside this module
+RECIPE_NAMES = ("cpu", "gpu")
 
 # Fields that do not change the training trajectory: a run may resume with other values.
 _NOT_IN_FINGERPRINT = frozenset(
@@ -52,7 +59,9 @@ class SynthArchiveConfig:
     seed: int = 1000  # generator seed of the archive (evaluation sets use other seeds)
     per_class: int = 400  # images per class (balanced: the fab ratio matters less here)
     size: int = 256  # rendered side in pixels, databar included
-    patterns: tuple[str, ...] = ()  # background families; empty = all of semclip.synth.PATTERNS
+    patterns: tuple[str, ...] = ()  # background families; empty = the styles' own families
+    style: str = "default"  # a pretraining style or "default" (their mix); never a held-out one
+    databar: str = "style"  # databar side, or "style": each image's style picks side and height
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "patterns": list(self.patterns)}
@@ -119,3 +128,58 @@ class PretrainConfig:
         data = {k: v for k, v in self.to_dict().items() if k not in _NOT_IN_FINGERPRINT}
         data["archive"] = archive_digest
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A named pretraining recipe from `recipes.yaml`: the run's config and its archive."""
+
+    name: str  # "cpu" or "gpu"
+    description: str  # one line for --help and the log
+    pretrain: PretrainConfig
+    archive: SynthArchiveConfig
+
+
+def _strict(cls: type, values: dict[str, Any], where: str) -> dict[str, Any]:
+    """``values`` after checking every key is a field of ``cls`` (typos fail loudly)."""
+    unknown = sorted(set(values) - {f.name for f in fields(cls)})
+    if unknown:
+        raise ValueError(f"{where}: unknown {cls.__name__} fields {unknown}")
+    return values
+
+
+def load_recipes(path: str | Path | None = None) -> dict[str, Recipe]:
+    """All recipes of a recipe file (the packaged `recipes.yaml` when None)."""
+    ref = Path(path) if path else resources.files("semclip.pretrain") / RECIPES_FILE
+    data = yaml.safe_load(ref.read_text())
+    recipes = {}
+    for name, entry in data.items():
+        train = _strict(PretrainConfig, dict(entry.get("pretrain") or {}), f"{ref} {name}")
+        archive = _strict(SynthArchiveConfig, dict(entry.get("archive") or {}), f"{ref} {name}")
+        if "patterns" in archive:
+            archive["patterns"] = tuple(archive["patterns"])
+        recipes[name] = Recipe(
+            name=name,
+            description=" ".join(str(entry.get("description", "")).split()),
+            pretrain=replace(PretrainConfig(), **train),
+            archive=replace(SynthArchiveConfig(), **archive),
+        )
+    return recipes
+
+
+def auto_recipe_name(device: str | None = None) -> str:
+    """ "gpu" for a CUDA device (or, with none named, when CUDA is available), else "cpu"."""
+    if device is not None:
+        return "gpu" if str(device).startswith("cuda") else "cpu"
+    import torch  # here: the configs stay importable without initialising torch
+
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def get_recipe(name: str | None = None, device: str | None = None) -> Recipe:
+    """The recipe ``name`` (cpu, gpu), or the one for ``device`` / this machine when None."""
+    recipes = load_recipes()
+    name = name or auto_recipe_name(device)
+    if name not in recipes:
+        raise ValueError(f"unknown recipe {name!r}; choose one of {sorted(recipes)}")
+    return recipes[name]

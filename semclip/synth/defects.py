@@ -10,13 +10,34 @@ covers exactly what the defect makes visible. Sizes are in pixels of a 256 px im
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 
 from semclip.synth.patterns import Scene
 
-DefectFn = Callable[[Scene, np.random.Generator, float, float], Scene]
+DefectFn = Callable[..., Scene]  # (scene, rng, scale, detector_angle, variant=PLAIN) -> Scene
+
+
+@dataclass(frozen=True)
+class DefectSpec:
+    """Ranges one style draws its defects from (per image)."""
+
+    size: tuple[float, float] = (1.0, 1.0)  # defect size multiplier, drawn log-uniformly
+    edge_prob: float = 0.0  # chance the defect may sit anywhere, cut by the frame edge
+    variant_prob: float = 0.0  # chance of the defect type's alternative appearance
+
+
+@dataclass(frozen=True)
+class Variant:
+    """How one defect is drawn beyond its size: placement freedom and appearance."""
+
+    margin: float = 1.0  # fraction of the usual margin kept from the frame (0 = anywhere)
+    alt: bool = False  # the alternative appearance (dark particle, rimless hole, ...)
+
+
+PLAIN = Variant()
 
 _Window = tuple[tuple[slice, slice], np.ndarray, np.ndarray]
 
@@ -112,14 +133,23 @@ def _gap_candidates(
     return [f[1:] for f in found if low <= f[0] <= high]
 
 
-def bridge(scene: Scene, rng: np.random.Generator, scale: float, detector_angle: float) -> Scene:
-    """Bridge: a short, necked strip of feature material joining two neighbouring features."""
-    margin = int(max(scene.pitch, 12 * scale))
+def bridge(
+    scene: Scene,
+    rng: np.random.Generator,
+    scale: float,
+    detector_angle: float,
+    variant: Variant = PLAIN,
+) -> Scene:
+    """Bridge: a short, necked strip of feature material joining two neighbouring features.
+
+    Alternative: a wide, blob-like bridge without a neck (a merged resist footing).
+    """
+    margin = int(max(scene.pitch, 12 * scale) * variant.margin)
     gaps = _gap_candidates(scene.material, rng, int(3 * scene.pitch) + 4, margin)
     if gaps:
         y0, x0, y1, x1 = gaps[int(rng.integers(len(gaps)))]
     else:  # no two features close enough: bridge across one pitch anywhere
-        cy, cx = _centre(rng, scene.shape, scene.pitch)
+        cy, cx = _centre(rng, scene.shape, scene.pitch * variant.margin)
         y0, x0, y1, x1 = int(cy), int(cx - scene.pitch / 2), int(cy), int(cx + scene.pitch / 2)
     cy, cx = (y0 + y1) / 2, (x0 + x1) / 2
     half_len = max(abs(y1 - y0), abs(x1 - x0)) / 2 + 1.5 * scale
@@ -128,6 +158,8 @@ def bridge(scene: Scene, rng: np.random.Generator, scale: float, detector_angle:
     t = np.clip(along / half_len, -1.0, 1.0)  # (h', w') position along the bridge
     width = rng.uniform(0.25, 0.5) * scene.pitch + 1.5 * scale
     neck = rng.uniform(0.0, 0.35)
+    if variant.alt:
+        width, neck = rng.uniform(0.7, 1.1) * scene.pitch + 2 * scale, -rng.uniform(0.1, 0.3)
     half_w = 0.5 * width * (1 - neck * (1 - t**2)) * (1 + 0.15 * np.sin(5 * t + rng.uniform(0, 6)))
     centre_line = rng.normal(0, 0.1 * width) * np.sin(np.pi * t)  # slight kink
     inside = np.clip(half_w - np.abs(across - centre_line) + 0.5, 0, 1)
@@ -138,11 +170,18 @@ def bridge(scene: Scene, rng: np.random.Generator, scale: float, detector_angle:
 
 
 def copper_residue(
-    scene: Scene, rng: np.random.Generator, scale: float, detector_angle: float
+    scene: Scene,
+    rng: np.random.Generator,
+    scale: float,
+    detector_angle: float,
+    variant: Variant = PLAIN,
 ) -> Scene:
-    """Cu residue after CMP: soft, mottled mid-grey blotches that veil the pattern."""
-    radius = rng.uniform(9.0, 32.0) * scale
-    cy, cx = _centre(rng, scene.shape, radius * 0.8)
+    """Cu residue after CMP: soft, mottled mid-grey blotches that veil the pattern.
+
+    Alternative: sharp-edged, brighter flakes.
+    """
+    radius = min(rng.uniform(9.0, 32.0) * scale, 0.28 * min(scene.shape))
+    cy, cx = _centre(rng, scene.shape, radius * 0.8 * variant.margin)
     where, yy, xx = _window(scene.shape, cy, cx, radius * 2.2)
     aspect = rng.uniform(0.5, 1.0)
     angle = rng.uniform(0, np.pi)
@@ -153,34 +192,56 @@ def copper_residue(
     lumps /= lumps.std() + 1e-9
     blotch = envelope * (1.0 + 0.6 * lumps)
     cover = np.clip((blotch - 0.35) / 0.25, 0, 1)
-    cover = ndimage.gaussian_filter(cover, rng.uniform(1.0, 2.5) * scale)
+    soft = 0.3 if variant.alt else rng.uniform(1.0, 2.5)
+    cover = ndimage.gaussian_filter(cover, soft * scale)
     mottle = ndimage.gaussian_filter(rng.standard_normal(envelope.shape), 1.5 * scale)
     alpha = cover * np.clip(rng.uniform(0.5, 0.8) + 0.12 * mottle, 0, 1)
-    level = rng.uniform(0.36, 0.5) + 0.03 * mottle
+    level = rng.uniform(0.58, 0.75) if variant.alt else rng.uniform(0.36, 0.5)
+    level = level + 0.03 * mottle
     scene = scene.with_paint(_paste(scene.shape, where, alpha), _paste(scene.shape, where, level))
     return scene.with_relief(_paste(scene.shape, where, 0.25 * alpha))
 
 
-def hole(scene: Scene, rng: np.random.Generator, scale: float, detector_angle: float) -> Scene:
-    """Hole/void: missing material, a dark roughly elliptical pit with a bright raised rim."""
+def hole(
+    scene: Scene,
+    rng: np.random.Generator,
+    scale: float,
+    detector_angle: float,
+    variant: Variant = PLAIN,
+) -> Scene:
+    """Hole/void: missing material, a dark roughly elliptical pit with a bright raised rim.
+
+    Alternative: a shallow, rimless, grey-floored pit (a partly filled void).
+    """
     radius = np.exp(rng.uniform(np.log(5.0), np.log(18.0))) * scale
-    cy, cx = _centre(rng, scene.shape, radius * 1.6 + 4)
+    cy, cx = _centre(rng, scene.shape, (radius * 1.6 + 4) * variant.margin)
     where, yy, xx = _window(scene.shape, cy, cx, radius * 1.8 + 4)
     sd = _blob_distance(rng, yy, xx, radius, rng.uniform(0.55, 1.0), rng.uniform(0.03, 0.12))
     floor = np.clip(sd / (0.8 + 0.15 * radius) + 0.5, 0, 1)  # (h', w') 1 on the pit floor
     depth = rng.uniform(0.8, 1.6)
     lip = rng.uniform(0.2, 0.5) * np.exp(-((sd + 1.2 * scale) ** 2) / (2 * (1.0 * scale) ** 2))
     dark = rng.uniform(0.02, 0.1) + 0.05 * np.clip(1 - sd / radius, 0, 1)
+    if variant.alt:
+        lip, depth, dark = 0.0 * lip, 0.4 * depth, dark + rng.uniform(0.1, 0.2)
     scene = scene.with_paint(
         _paste(scene.shape, where, 0.92 * floor), _paste(scene.shape, where, dark)
     )
     return scene.with_relief(_paste(scene.shape, where, lip - depth * floor))
 
 
-def infilm(scene: Scene, rng: np.random.Generator, scale: float, detector_angle: float) -> Scene:
-    """In-film (buried) particle: a soft, low-contrast bump that bulges the pattern above it."""
+def infilm(
+    scene: Scene,
+    rng: np.random.Generator,
+    scale: float,
+    detector_angle: float,
+    variant: Variant = PLAIN,
+) -> Scene:
+    """In-film (buried) particle: a soft, low-contrast bump that bulges the pattern above it.
+
+    Alternative: the buried particle shows as a dark ring (a charging halo) around the bump.
+    """
     sigma = rng.uniform(5.0, 14.0) * scale
-    cy, cx = _centre(rng, scene.shape, sigma * 2.0)
+    cy, cx = _centre(rng, scene.shape, sigma * 2.0 * variant.margin)
     where, yy, xx = _window(scene.shape, cy, cx, sigma * 3.2)
     aspect = rng.uniform(0.7, 1.0)
     bump = np.exp(-(yy**2 + (xx * aspect) ** 2) / (2 * sigma**2))  # (h', w')
@@ -194,15 +255,27 @@ def infilm(scene: Scene, rng: np.random.Generator, scale: float, detector_angle:
     material = scene.material.copy()
     material[where] = local
     contrast = rng.choice([-1.0, 1.0], p=[0.3, 0.7]) * rng.uniform(0.06, 0.12)
-    scene = scene.with_material(material).with_offset(_paste(scene.shape, where, contrast * bump))
+    shape = bump
+    if variant.alt:
+        contrast, shape = -rng.uniform(0.08, 0.14), 4.0 * bump * (1.0 - bump)
+    scene = scene.with_material(material).with_offset(_paste(scene.shape, where, contrast * shape))
     return scene.with_relief(_paste(scene.shape, where, rng.uniform(0.4, 0.8) * bump))
 
 
-def particle(scene: Scene, rng: np.random.Generator, scale: float, detector_angle: float) -> Scene:
-    """Surface particle: bright, sharp-edged lump casting a dark shadow away from the detector."""
+def particle(
+    scene: Scene,
+    rng: np.random.Generator,
+    scale: float,
+    detector_angle: float,
+    variant: Variant = PLAIN,
+) -> Scene:
+    """Surface particle: bright, sharp-edged lump casting a dark shadow away from the detector.
+
+    Alternative: an insulating particle that charges dark, with a bright halo and no shadow.
+    """
     radius = np.exp(rng.uniform(np.log(3.0), np.log(16.0))) * scale
     reach = radius * 2.2 + 4
-    cy, cx = _centre(rng, scene.shape, reach)
+    cy, cx = _centre(rng, scene.shape, reach * variant.margin)
     where, yy, xx = _window(scene.shape, cy, cx, reach)
     aspect = rng.uniform(0.6, 1.0)
     sd = _blob_distance(rng, yy, xx, radius, aspect, rng.uniform(0.05, 0.22))
@@ -213,9 +286,13 @@ def particle(scene: Scene, rng: np.random.Generator, scale: float, detector_angl
     cast = ndimage.shift(body, (sy, sx), order=1, mode="constant")
     shadow = ndimage.gaussian_filter(cast, 0.25 * radius + 0.5) * (1 - body)
     level = rng.uniform(0.62, 0.9)
+    offset = -rng.uniform(0.12, 0.22) * shadow
+    if variant.alt:
+        halo = ndimage.gaussian_filter(body, 0.4 * radius + 1.0) * (1 - body)
+        level, offset = rng.uniform(0.03, 0.12), rng.uniform(0.1, 0.2) * halo
     where_full = _paste(scene.shape, where, body)
     scene = scene.with_paint(where_full, level)
-    scene = scene.with_offset(_paste(scene.shape, where, -rng.uniform(0.12, 0.22) * shadow))
+    scene = scene.with_offset(_paste(scene.shape, where, offset))
     return scene.with_relief(_paste(scene.shape, where, rng.uniform(1.0, 2.0) * dome))
 
 
@@ -304,8 +381,21 @@ def _fish_scale(scene: Scene, rng: np.random.Generator, scale: float) -> Scene:
     return scene.with_relief(-rng.uniform(0.6, 1.0) * depth)
 
 
-def scratch(scene: Scene, rng: np.random.Generator, scale: float, detector_angle: float) -> Scene:
-    """Scratch: a linear BEOL groove (60 %) or a FEOL fish-scale chain (40 %)."""
+def scratch(
+    scene: Scene,
+    rng: np.random.Generator,
+    scale: float,
+    detector_angle: float,
+    variant: Variant = PLAIN,
+) -> Scene:
+    """Scratch: a linear BEOL groove (60 %) or a FEOL fish-scale chain (40 %).
+
+    Alternative: a bundle of 2-4 fine grooves (a pad dragging several particles).
+    """
+    if variant.alt:
+        for _ in range(int(rng.integers(2, 5))):
+            scene = _linear_scratch(scene, rng, 0.6 * scale)
+        return scene
     if rng.random() < 0.6:
         return _linear_scratch(scene, rng, scale)
     return _fish_scale(scene, rng, scale)
@@ -327,12 +417,17 @@ MASK_SMOOTHING: dict[str, float] = {"infilm": 3.0, "copper_residue": 2.0}
 
 
 def apply_defect(
-    label: str, scene: Scene, rng: np.random.Generator, scale: float, detector_angle: float
+    label: str,
+    scene: Scene,
+    rng: np.random.Generator,
+    scale: float,
+    detector_angle: float,
+    variant: Variant = PLAIN,
 ) -> Scene:
     """Add one defect of type ``label`` to the scene."""
     if label not in DEFECTS:
         raise ValueError(f"unknown defect {label!r}; choose one of {sorted(DEFECTS)}")
-    return DEFECTS[label](scene, rng, scale, detector_angle)
+    return DEFECTS[label](scene, rng, scale, detector_angle, variant)
 
 
 def measure_mask(

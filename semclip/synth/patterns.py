@@ -228,13 +228,192 @@ def manhattan(rng: np.random.Generator, h: int, w: int, scale: float) -> Scene:
     return _scene(material, rng, "manhattan", 2.0 * unit)
 
 
+def _lattice_dots(
+    rng: np.random.Generator, h: int, w: int, pitch: float, hexagonal: bool, radius: float
+) -> np.ndarray:
+    """Round dots on a (possibly rotated) square or hexagonal lattice, coverage (H, W).
+
+    Each pixel measures the distance to the four lattice points around it in lattice
+    coordinates, so dots are exact on any lattice angle without per-dot loops.
+    """
+    angle = rng.uniform(0, np.pi / 3 if hexagonal else np.pi / 2)
+    a1 = pitch * np.array([np.cos(angle), np.sin(angle)])  # (x, y) basis vectors
+    turn = np.pi / 3 if hexagonal else np.pi / 2
+    a2 = (
+        pitch
+        * rng.uniform(1.0, 1.0 if hexagonal else 1.5)
+        * np.array([np.cos(angle + turn), np.sin(angle + turn)])
+    )
+    basis = np.stack([a1, a2], axis=1)  # (2, 2) columns are a1, a2
+    inv = np.linalg.inv(basis)
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    x, y = x + rng.uniform(0, pitch), y + rng.uniform(0, pitch)
+    u = inv[0, 0] * x + inv[0, 1] * y  # (H, W) lattice coordinates
+    v = inv[1, 0] * x + inv[1, 1] * y
+    best = np.full((h, w), np.inf, np.float32)
+    r_cell = radius * (1 + rng.normal(0, 0.05, (97, 89)))  # per-dot size scatter, tiled
+    for du in (0, 1):
+        for dv in (0, 1):
+            iu, iv = np.floor(u) + du, np.floor(v) + dv
+            px = basis[0, 0] * iu + basis[0, 1] * iv
+            py = basis[1, 0] * iu + basis[1, 1] * iv
+            r = r_cell[iu.astype(int) % 97, iv.astype(int) % 89]
+            best = np.minimum(best, np.hypot(x - px, y - py) - r)
+    return np.clip(0.5 - best, 0.0, 1.0)
+
+
+def dots(rng: np.random.Generator, h: int, w: int, scale: float) -> Scene:
+    """Dense dot array (pillars, memory contacts) on a square/rectangular, slightly rotated grid."""
+    pitch = rng.uniform(6.0, 16.0) * scale
+    radius = pitch * rng.uniform(0.2, 0.35)
+    material = _lattice_dots(rng, h, w, pitch, False, radius)
+    return _scene(material, rng, "dots", pitch, dark_features=rng.random() < 0.4)
+
+
+def hex_contacts(rng: np.random.Generator, h: int, w: int, scale: float) -> Scene:
+    """Hexagonal close-packed contact holes at any lattice angle (DRAM storage nodes)."""
+    pitch = rng.uniform(9.0, 26.0) * scale
+    radius = pitch * rng.uniform(0.25, 0.4)
+    material = _lattice_dots(rng, h, w, pitch, True, radius)
+    return _scene(material, rng, "hex_contacts", pitch, dark_features=rng.random() < 0.7)
+
+
+def diagonal(rng: np.random.Generator, h: int, w: int, scale: float) -> Scene:
+    """Line/space array at an oblique angle (20-70 deg) with line-edge roughness."""
+    pitch = rng.uniform(8.0, 30.0) * scale
+    duty = rng.uniform(0.3, 0.65)
+    angle = rng.uniform(np.deg2rad(20), np.deg2rad(70)) * rng.choice([-1.0, 1.0])
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    across = np.cos(angle) * x + np.sin(angle) * y
+    wiggle = rng.uniform(0.3, 1.2) * scale * _smooth_noise(rng, (h, w), 3.0 * scale + 1)
+    u = np.mod(across + wiggle + rng.uniform(0, pitch), pitch)  # position inside the cell
+    width = duty * pitch
+    material = np.clip(np.minimum(u, width - u) + 0.5, 0.0, 1.0) * (u < pitch - 0.5)
+    return _scene(material.astype(np.float32), rng, "diagonal", pitch)
+
+
+def _round_corners(material: np.ndarray, radius: float) -> np.ndarray:
+    """Lithographic corner rounding: blur, then re-threshold softly."""
+    rounded = ndimage.gaussian_filter(material.astype(np.float32), max(0.5, radius))
+    return np.clip((rounded - 0.5) * 3.0 + 0.5, 0.0, 1.0)
+
+
+def sram(rng: np.random.Generator, h: int, w: int, scale: float) -> Scene:
+    """SRAM-like bit cells: one small cell of gates and active islands, mirrored and tiled."""
+    ch = max(8, int(rng.uniform(14.0, 34.0) * scale))
+    cw = max(8, int(rng.uniform(18.0, 44.0) * scale))
+    cell = np.zeros((ch, cw), np.float32)
+    for _ in range(int(rng.integers(2, 5))):  # rectangles inside the cell
+        y0, x0 = int(rng.integers(0, ch - 3)), int(rng.integers(0, cw - 3))
+        y1 = min(ch - 1, y0 + int(rng.integers(2, max(3, ch // 2))))
+        x1 = min(cw - 1, x0 + int(rng.integers(2, max(3, cw // 1.5))))
+        cell[y0:y1, x0:x1] = 1.0
+    quad = np.block([[cell, cell[:, ::-1]], [cell[::-1], cell[::-1, ::-1]]])  # mirrored 2x2
+    reps = (-(-h // quad.shape[0]) + 1, -(-w // quad.shape[1]) + 1)
+    tiled = np.tile(quad, reps)
+    oy, ox = int(rng.integers(quad.shape[0])), int(rng.integers(quad.shape[1]))
+    material = _round_corners(tiled[oy : oy + h, ox : ox + w], 0.12 * min(ch, cw))
+    return _scene(material, rng, "sram", float(min(ch, cw)))
+
+
+def via_chain(rng: np.random.Generator, h: int, w: int, scale: float) -> Scene:
+    """Via chain test structure: staggered metal links with a bright via at each end."""
+    pitch = rng.uniform(14.0, 32.0) * scale
+    link = pitch * rng.uniform(1.6, 3.0)
+    width = pitch * rng.uniform(0.3, 0.45)
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    row = np.floor(y / pitch)
+    v = y - row * pitch - pitch / 2  # across the row
+    xs = x + rng.uniform(0, link) + np.where(row % 2 == 1, link / 2, 0.0)
+    u = np.mod(xs, link) - link / 2  # along the link
+    gap = pitch * rng.uniform(0.25, 0.4)
+    half = link / 2 - gap / 2
+    bar = np.clip(np.minimum(width / 2 - np.abs(v), half - np.abs(u)) + 0.5, 0.0, 1.0)
+    via_r = width * rng.uniform(0.45, 0.6)
+    ends = np.minimum(np.hypot(np.abs(u) - (half - via_r), v), np.inf)
+    via = np.clip(via_r - ends + 0.5, 0.0, 1.0)
+    material = np.maximum(bar, via)
+    texture = rng.uniform(0.06, 0.14) * via  # vias image brighter than the links
+    return _scene(material, rng, "via_chain", pitch, texture=texture)
+
+
+def fins(rng: np.random.Generator, h: int, w: int, scale: float) -> Scene:
+    """FinFET front end: dense narrow fins under wider perpendicular gate lines."""
+    fin_pitch = rng.uniform(5.0, 12.0) * scale
+    gate_pitch = rng.uniform(16.0, 40.0) * scale
+    fin_duty, fin_ler = rng.uniform(0.3, 0.5), rng.uniform(0.2, 0.5) * scale
+    gate_duty, gate_ler = rng.uniform(0.3, 0.5), rng.uniform(0.3, 0.8) * scale
+    if rng.random() < 0.5:  # horizontal fins, vertical gates
+        fin = _lines(rng, w, h, fin_pitch, fin_duty, fin_ler)
+        gate = _lines(rng, h, w, gate_pitch, gate_duty, gate_ler).T
+    else:
+        fin = _lines(rng, h, w, fin_pitch, fin_duty, fin_ler).T
+        gate = _lines(rng, w, h, gate_pitch, gate_duty, gate_ler)
+    material = np.maximum(rng.uniform(0.45, 0.7) * fin, gate)
+    return _scene(np.ascontiguousarray(material), rng, "fins", fin_pitch)
+
+
+def trench(rng: np.random.Generator, h: int, w: int, scale: float) -> Scene:
+    """Deep trench array: wide dark trenches with rounded ends in a bright film (3D NAND slits)."""
+    pitch = rng.uniform(20.0, 48.0) * scale
+    length = rng.uniform(2.0, 6.0) * pitch
+    width = pitch * rng.uniform(0.35, 0.6)
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    if rng.random() < 0.5:  # trenches running vertically
+        y, x = x, y
+    y = y + rng.uniform(0, pitch)
+    row = np.floor(y / pitch)
+    v = y - row * pitch - pitch / 2
+    x = x + rng.uniform(0, length) + row * rng.uniform(0, length)
+    u = np.mod(x, length + width) - (length + width) / 2
+    capsule = np.hypot(np.maximum(np.abs(u) - (length - width) / 2, 0.0), v)  # stadium shape
+    material = np.clip(width / 2 - capsule + 0.5, 0.0, 1.0)
+    return _scene(material, rng, "trench", pitch, dark_features=True, contrast_range=(0.1, 0.25))
+
+
+def resist(rng: np.random.Generator, h: int, w: int, scale: float) -> Scene:
+    """Resist lines after develop: strong, fine line-edge roughness and random line breaks."""
+    pitch = rng.uniform(8.0, 26.0) * scale
+    duty, ler = rng.uniform(0.35, 0.6), rng.uniform(1.0, 2.5) * scale
+    run = rng.uniform(4.0, 12.0) * scale
+    if rng.random() < 0.5:
+        material = _lines(rng, w, h, pitch, duty, ler)
+        breaks = _smooth_noise(rng, (h, w), (0.5, run))
+    else:
+        material = np.ascontiguousarray(_lines(rng, h, w, pitch, duty, ler).T)
+        breaks = _smooth_noise(rng, (h, w), (run, 0.5))
+    material = material * np.clip((2.6 - breaks) * 2.0, 0.0, 1.0)  # occasional necks and gaps
+    return _scene(material, rng, "resist", pitch, contrast_range=(0.08, 0.2))
+
+
+def blank_film(rng: np.random.Generator, h: int, w: int, scale: float) -> Scene:
+    """Unpatterned film: amorphous, rough or granular surface with no printed features."""
+    grain = rng.uniform(1.0, 6.0) * scale
+    rough = _smooth_noise(rng, (h, w), grain) + 0.5 * _smooth_noise(rng, (h, w), 4 * grain)
+    material = np.clip(0.5 + rng.uniform(0.05, 0.25) * rough, 0.0, 1.0)
+    texture = rng.uniform(0.0, 0.05) * _smooth_noise(rng, (h, w), 0.7 * grain)
+    pitch = float(rng.uniform(16.0, 32.0) * scale)
+    return _scene(material, rng, "blank_film", pitch, texture=texture, contrast_range=(0.1, 0.3))
+
+
 PATTERNS: dict[str, PatternFn] = {
     "line_h": line_h,
     "line_v": line_v,
     "contacts": contacts,
     "cu_grain": cu_grain,
     "manhattan": manhattan,
+    "dots": dots,
+    "hex_contacts": hex_contacts,
+    "diagonal": diagonal,
+    "sram": sram,
+    "via_chain": via_chain,
+    "fins": fins,
+    "trench": trench,
+    "resist": resist,
+    "blank_film": blank_film,
 }
+# The original five families: the "classic" style's scenes.
+CLASSIC_PATTERNS: tuple[str, ...] = ("line_h", "line_v", "contacts", "cu_grain", "manhattan")
 
 
 def make_pattern(name: str, rng: np.random.Generator, h: int, w: int, scale: float) -> Scene:
