@@ -16,8 +16,7 @@ from prefect.concurrency.sync import concurrency
 from pydantic import BaseModel
 
 from flows.params import RefitParams
-from semclip.backbone import DEFAULT_MODEL
-from semclip.cli.common import resolve_pretrained
+from semclip.backbone import DEFAULT_MODEL, resolve_pretrained
 from semclip.refit import GateConfig, RefitError
 from semclip.registry import Registry
 from semclip.settings import get_settings

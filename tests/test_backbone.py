@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from semclip.artifact import state_sha256
 from semclip.backbone import (
     DEFAULT_MODEL,
     DEFAULT_PRETRAINED,
@@ -18,6 +17,7 @@ from semclip.backbone import (
     load_backbone,
     save_backbone_dir,
 )
+from semclip.fingerprint import state_sha256
 
 
 @pytest.fixture(scope="module")
