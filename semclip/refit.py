@@ -33,6 +33,7 @@ from fsspec import AbstractFileSystem
 from semclip.data.dataset import GOOD
 from semclip.data.images import ImageReadError, read_image, read_raw_array
 from semclip.data.masks import decode_mask
+from semclip.io.fetch import fetch_bytes
 from semclip.metrics import PixelScoreHistogram, classification_metrics
 
 if TYPE_CHECKING:
@@ -47,7 +48,6 @@ __all__ = [
     "Shot",
     "evaluate",
     "exclude_trained",
-    "fetch_bytes",
     "gate",
     "hash_shots",
     "holdout_position",
@@ -220,7 +220,7 @@ def exclude_trained(
 
 
 def shots_from_frame(frame: pd.DataFrame) -> list[Shot]:
-    """Shots from :func:`semclip.io.storage.read_confirmed` output (newest first there)."""
+    """Shots from :func:`semclip.io.confirmed.read_confirmed` output (newest first there)."""
     shots = []
     for row in frame.itertuples(index=False):
         confirmed_at = pd.Timestamp(row.confirmed_at).to_pydatetime()
@@ -234,19 +234,6 @@ def shots_from_frame(frame: pd.DataFrame) -> list[Shot]:
             )
         )
     return shots
-
-
-def fetch_bytes(fs: AbstractFileSystem, uris: Sequence[str]) -> dict[str, bytes | Exception]:
-    """File bytes per URI, fetched together (s3fs does it concurrently); errors as values."""
-    if not uris:
-        return {}
-    paths = [fs._strip_protocol(u) for u in uris]
-    fetched = fs.cat(paths, on_error="return")
-    out: dict[str, bytes | Exception] = {}
-    for uri, path in zip(uris, paths, strict=True):
-        value = fetched.get(path, FileNotFoundError(path)) if isinstance(fetched, dict) else fetched
-        out[uri] = value if isinstance(value, bytes | Exception) else bytes(value)
-    return out
 
 
 def hash_shots(fs: AbstractFileSystem, shots: Sequence[Shot]) -> tuple[list[Shot], list[str]]:

@@ -14,7 +14,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from semclip.io import storage
+from semclip.io.confirmed import read_confirmed
 from semclip.refit import (
     GateConfig,
     GateDecision,
@@ -86,7 +86,7 @@ class Evaluation:
 def load_confirmed_shots(bucket: BucketRef) -> list[Shot]:
     """Every confirmed shot under confirmed/ (latest review per image), newest first."""
     fs, root = bucket.open()
-    return shots_from_frame(storage.read_confirmed(fs, root))
+    return shots_from_frame(read_confirmed(fs, root))
 
 
 @task(name="hash_confirmed_shots", **IO_RETRIES)

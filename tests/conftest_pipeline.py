@@ -204,7 +204,7 @@ def pipeline_env(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, champion_registry: Registry
 ) -> PipelineEnv:
     """A local (file://) bucket and a registry with a champion, wired into the settings."""
-    from semclip.io.storage import open_bucket
+    from semclip.io.bucket import open_bucket
 
     home = tmp_path / "home"
     url = f"file://{tmp_path / 'bucket'}"

@@ -18,7 +18,7 @@ import fsspec
 import pytest
 from fsspec import AbstractFileSystem
 
-from semclip.io.storage import open_bucket
+from semclip.io.bucket import open_bucket
 
 _DUMMY_AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from semclip.artifact import load_model
-from semclip.io.storage import open_bucket, read_confirmed
+from semclip.io.bucket import open_bucket
+from semclip.io.confirmed import read_confirmed
 from semclip.metrics import classification_metrics
 from semclip.refit import (
     GateConfig,
