@@ -32,7 +32,8 @@ from semclip.io.paths import list_raw_images
 from semclip.io.pipeline_schema import PIPELINE_PREDICTION_SCHEMA, pipeline_records_to_table
 from semclip.io.quarantine import write_quarantine
 from semclip.prediction import Prediction
-from semclip.registry import ModelRef, Registry
+from semclip.registry.client import Registry
+from semclip.registry.refs import ModelRef
 from tasks.common import IO_RETRIES, BucketRef
 
 __all__ = [

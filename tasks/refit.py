@@ -31,7 +31,8 @@ from semclip.refit import (
     split_shots,
     support_items,
 )
-from semclip.registry import CHALLENGER, CHAMPION, ModelRef, Registry
+from semclip.registry.client import Registry
+from semclip.registry.refs import CHALLENGER, CHAMPION, ModelRef
 from tasks.common import IO_RETRIES, BucketRef
 
 __all__ = [

@@ -27,7 +27,8 @@ import pytest
 from fsspec import AbstractFileSystem
 from PIL import Image
 
-from semclip.registry import CHAMPION, Registry
+from semclip.registry.client import Registry
+from semclip.registry.refs import CHAMPION
 from semclip.synth import render_sample, sample_rng
 
 pytest_plugins = ["conftest_storage"]

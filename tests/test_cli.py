@@ -190,6 +190,6 @@ def test_every_command_registers_under_its_name() -> None:
 
 def test_promote_default_alias_is_the_registry_champion() -> None:
     from semclip.cli import promote_cmd
-    from semclip.registry import CHAMPION
+    from semclip.registry.refs import CHAMPION
 
     assert promote_cmd.CHAMPION == CHAMPION

@@ -25,7 +25,7 @@ from semclip.io.partitions import predictions_dataset, read_partition
 from semclip.io.quarantine import read_quarantine
 from semclip.io.tables import parquet_files
 from semclip.model import SemclipModel
-from semclip.registry import CHALLENGER, CHAMPION
+from semclip.registry.refs import CHALLENGER, CHAMPION
 
 if TYPE_CHECKING:
     from conftest_pipeline import Kit, PipelineEnv

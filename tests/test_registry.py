@@ -11,14 +11,9 @@ import pytest
 
 from semclip.artifact import load_model
 from semclip.cli import main
-from semclip.registry import (
-    CHAMPION,
-    ModelNotFoundError,
-    Registry,
-    RegistryError,
-    clear_model_cache,
-    parse_model_uri,
-)
+from semclip.registry.cache import clear_model_cache
+from semclip.registry.client import Registry
+from semclip.registry.refs import CHAMPION, ModelNotFoundError, RegistryError, parse_model_uri
 
 if TYPE_CHECKING:
     from conftest_pipeline import Kit
@@ -186,3 +181,14 @@ def test_artifact_location_setting_places_new_experiments(tmp_path: Path, config
     experiment = registry.client().get_experiment(registry.experiment_id())
     expected = target if configured else (db.parent / "mlartifacts").as_uri()
     assert experiment.artifact_location.rstrip("/") == expected.rstrip("/")
+
+
+def test_models_logged_before_the_split_still_find_their_python_model() -> None:
+    """A pyfunc pickled before semclip/registry.py became a package names the class as
+    ``semclip.registry.SemclipPyfunc``; unpickling it must give the class that exists now."""
+    import pickle
+
+    from semclip.registry.pyfunc import SemclipPyfunc
+
+    old_reference = b"csemclip.registry\nSemclipPyfunc\n."  # protocol 0 GLOBAL opcode
+    assert pickle.loads(old_reference) is SemclipPyfunc

@@ -159,7 +159,8 @@ def test_library_modules_import_neither_prefect_nor_mlflow() -> None:
     code = (
         "import sys, semclip.settings, semclip.io.bucket, semclip.io.paths, semclip.io.klarf, "
         "semclip.io.klarf_join, semclip.io.confirmed, semclip.io.quarantine, "
-        "semclip.io.partitions, semclip.io.fetch, semclip.io.pipeline_schema\n"
+        "semclip.io.partitions, semclip.io.fetch, semclip.io.pipeline_schema, "
+        "semclip.registry.refs\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('prefect', 'mlflow')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
