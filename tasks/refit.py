@@ -15,22 +15,11 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from semclip.io.confirmed import read_confirmed
-from semclip.refit import (
-    GateConfig,
-    GateDecision,
-    HoldoutMetrics,
-    RefitError,
-    Shot,
-    evaluate,
-    exclude_trained,
-    gate,
-    hash_shots,
-    load_holdout,
-    select_support,
-    shots_from_frame,
-    split_shots,
-    support_items,
-)
+from semclip.refit.decode import load_holdout, support_items
+from semclip.refit.evaluate import HoldoutMetrics, evaluate
+from semclip.refit.gate import GateConfig, GateDecision, gate
+from semclip.refit.shots import RefitError, Shot, hash_shots, shots_from_frame
+from semclip.refit.split import exclude_trained, select_support, split_shots
 from semclip.registry.client import Registry
 from semclip.registry.refs import CHALLENGER, CHAMPION, ModelRef
 from tasks.common import IO_RETRIES, BucketRef
