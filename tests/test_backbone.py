@@ -120,6 +120,7 @@ def test_unknown_model_name() -> None:
         load_backbone("ViT-Q-99", None, "cpu")
 
 
+@pytest.mark.slow
 def test_default_tag_without_network_says_how_to_work_offline(tmp_path: Path) -> None:
     """A fresh interpreter, hub offline and an empty cache: the tag cannot be had."""
     env = {

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 pytest_plugins = ["conftest_pipeline"]
 
-pytestmark = pytest.mark.usefixtures("prefect_server")
+pytestmark = [pytest.mark.usefixtures("prefect_server"), pytest.mark.slow]  # a Prefect server
 
 REPO = Path(__file__).resolve().parents[1]
 

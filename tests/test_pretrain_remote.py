@@ -98,6 +98,7 @@ def test_a_missing_bucket_is_named(missing_bucket, tmp_path: Path) -> None:
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.slow
 def test_pretrain_from_s3_writes_seen_images_of_the_store(
     s3_endpoint: str, local_archive: Path, tmp_path: Path
 ) -> None:
@@ -126,6 +127,7 @@ def test_pretrain_from_s3_writes_seen_images_of_the_store(
     }
 
 
+@pytest.mark.slow
 def test_cli_pretrain_takes_an_archive_url(
     local_archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
