@@ -18,7 +18,8 @@ from prefect.concurrency.sync import concurrency
 from pydantic import BaseModel
 
 from flows.params import NightlyParams
-from semclip.registry import ModelRef, Registry
+from semclip.registry.client import Registry
+from semclip.registry.refs import ModelRef
 from semclip.settings import get_settings
 from tasks.common import GPU_LIMIT, BucketRef, current_flow_run_id
 from tasks.inference import (

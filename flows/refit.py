@@ -16,10 +16,10 @@ from prefect.concurrency.sync import concurrency
 from pydantic import BaseModel
 
 from flows.params import RefitParams
-from semclip.backbone import DEFAULT_MODEL
-from semclip.cli.common import resolve_pretrained
-from semclip.refit import GateConfig, RefitError
-from semclip.registry import Registry
+from semclip.backbone import DEFAULT_MODEL, resolve_pretrained
+from semclip.refit.gate import GateConfig
+from semclip.refit.shots import RefitError
+from semclip.registry.client import Registry
 from semclip.settings import get_settings
 from tasks.common import GPU_LIMIT, BucketRef, current_flow_run_id
 from tasks.refit import (

@@ -9,7 +9,6 @@ Layout:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -29,6 +28,7 @@ from semclip.backbone import (
 )
 from semclip.config import Calibration, FitConfig, PredictConfig
 from semclip.features import Preprocess
+from semclip.fingerprint import state_sha256
 from semclip.heads import SemclipHeads
 from semclip.model import SemclipModel
 from semclip.prompts import PromptLibrary
@@ -165,14 +165,3 @@ def _backbone_info(backbone: Backbone) -> dict[str, Any]:
         "random_weights": backbone.random_weights,
         "model_cfg": backbone.model_cfg,
     }
-
-
-def state_sha256(model: torch.nn.Module) -> str:
-    """Hash of every tensor of a model's state, in key order: identifies the weights."""
-    digest = hashlib.sha256()
-    for key, value in sorted(model.state_dict().items()):
-        digest.update(key.encode())
-        digest.update(
-            value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-        )
-    return digest.hexdigest()

@@ -29,6 +29,7 @@ LOCAL_DIR_PREFIX = "local-dir:"
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+NONE_WORDS = frozenset({"none", "null", "random", ""})  # --pretrained values meaning random weights
 OFFLINE_BACKBONE_DIR = "backbones/semclip-sem-small"  # under $SEMCLIP_HOME; `make backbone`
 RANDOM_WEIGHTS_WARNING = (
     "RANDOM WEIGHTS: backbone '{name}' has no pretrained weights; every score it gives is a "
@@ -120,6 +121,13 @@ def offline_or_tiny_backbone(home: str | os.PathLike) -> str:
     if (folder / CONFIG_FILE).is_file():
         return f"{LOCAL_DIR_PREFIX}{folder}"
     return TINY_MODEL
+
+
+def resolve_pretrained(backbone: str, pretrained: str | None) -> str | None:
+    """The tag/path to load: explicit value, 'none' → None, default tag only for the default."""
+    if pretrained is None:
+        return DEFAULT_PRETRAINED if backbone == DEFAULT_MODEL else None
+    return None if pretrained.strip().lower() in NONE_WORDS else pretrained
 
 
 def default_device() -> torch.device:

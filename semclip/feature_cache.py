@@ -18,14 +18,13 @@ from safetensors.torch import load_file, save_file
 
 from semclip.backbone import Backbone
 from semclip.features import Features, Preprocess
+from semclip.fingerprint import state_sha256
 
 log = logging.getLogger(__name__)
 
 
 def backbone_fingerprint(backbone: Backbone, n_stages: int) -> str:
     """Identity of what produces features: the weights' hash, architecture and stage split."""
-    from semclip.artifact import state_sha256
-
     payload = {
         "weights": state_sha256(backbone.model),
         "cfg": backbone.model_cfg,

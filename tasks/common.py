@@ -9,7 +9,7 @@ from prefect import Task
 from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
 
-from semclip.io.storage import Bucket, open_bucket
+from semclip.io.bucket import Bucket, open_bucket
 from semclip.settings import SemclipSettings
 
 __all__ = ["GPU_LIMIT", "IO_RETRIES", "BucketRef", "current_flow_run_id", "retry_on_transient"]

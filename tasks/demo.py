@@ -19,7 +19,7 @@ from PIL import Image
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from semclip.io import storage
+from semclip.io.quarantine import read_quarantine
 from semclip.io.query import summarize_dates
 from semclip.synth import LABELS, render_sample, sample_rng
 from semclip.synth.databar import databar_rows
@@ -116,11 +116,7 @@ def summarize_predictions(bucket: BucketRef, dates: list[dt.date]) -> Prediction
     fs, root = bucket.open()
     summary = summarize_dates(fs, root, dates)
     quarantined = len(  # distinct inputs: a re-run quarantines the same file again
-        {
-            uri
-            for d in dates
-            for uri in storage.read_quarantine(fs, root, d)["image_uri"].to_pylist()
-        }
+        {uri for d in dates for uri in read_quarantine(fs, root, d)["image_uri"].to_pylist()}
     )
     return PredictionSummary(
         rows=summary.rows,

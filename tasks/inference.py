@@ -2,7 +2,7 @@
 
 Idempotency: a shard reads each image's bytes, and an image whose (content hash, model
 version) already has a row in the date's partition is not predicted again; the final write
-(:func:`semclip.io.storage.write_partition`) rewrites the partition as the union of the
+(:func:`semclip.io.partitions.write_partition`) rewrites the partition as the union of the
 rows kept and the new ones. Shards hand their rows to the write step through small staged
 Parquet files under ``staging/`` in the bucket, so tasks pass URIs, and a failed write can
 be retried without predicting again.
@@ -25,11 +25,15 @@ import pyarrow.parquet as pq
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from semclip.io import storage
+from semclip.io import klarf_join
+from semclip.io.fetch import fetch_bytes
+from semclip.io.partitions import PartitionWrite, existing_keys, read_partition, write_partition
+from semclip.io.paths import list_raw_images
 from semclip.io.pipeline_schema import PIPELINE_PREDICTION_SCHEMA, pipeline_records_to_table
+from semclip.io.quarantine import write_quarantine
 from semclip.prediction import Prediction
-from semclip.refit import fetch_bytes
-from semclip.registry import ModelRef, Registry
+from semclip.registry.client import Registry
+from semclip.registry.refs import ModelRef
 from tasks.common import IO_RETRIES, BucketRef
 
 __all__ = [
@@ -62,9 +66,9 @@ class ShardResult:
 
 @dataclass(frozen=True)
 class WriteResult:
-    """The partition write: storage's report plus duplicates sent to quarantine."""
+    """The partition write: the partition writer's report plus duplicates sent to quarantine."""
 
-    partition: storage.PartitionWrite
+    partition: PartitionWrite
     n_duplicates: int  # images with the same bytes as another image of the run
     quarantine_uri: str | None
 
@@ -79,16 +83,16 @@ def resolve_model(registry: Registry, reference: str | None) -> ModelRef:
 def list_images(bucket: BucketRef, run_date: dt.date) -> list[str]:
     """URIs of the images under raw/<run_date>/ and only there (fails on a missing bucket)."""
     fs, root = bucket.open()
-    return storage.list_raw_images(fs, root, run_date)
+    return list_raw_images(fs, root, run_date)
 
 
 @task(name="describe_images", **IO_RETRIES)
 def describe_images(
     bucket: BucketRef, run_date: dt.date, uris: list[str], path_regex: str
-) -> storage.ImageDescriptions:
+) -> klarf_join.ImageDescriptions:
     """Lot/wafer/defect ids and die positions per image, from its path and a KLARF beside it."""
     fs, root = bucket.open()
-    return storage.describe_images(fs, root, run_date, uris, path_regex)
+    return klarf_join.describe_images(fs, root, run_date, uris, path_regex)
 
 
 @task(name="read_done_hashes", **IO_RETRIES)
@@ -96,9 +100,7 @@ def read_done_hashes(bucket: BucketRef, run_date: dt.date, model_version: str) -
     """Content hashes already predicted by ``model_version`` in the date's partition."""
     fs, root = bucket.open()
     return sorted(
-        sha
-        for sha, version in storage.existing_keys(fs, root, run_date)
-        if version == model_version
+        sha for sha, version in existing_keys(fs, root, run_date) if version == model_version
     )
 
 
@@ -143,7 +145,7 @@ def predict_shard(
     ]
     table = prediction_rows(good, fields, flow_run_id, dt.datetime.now(dt.UTC))
     staged = _stage(fs, root, run_date, flow_run_id, index, table) if table.num_rows else None
-    quarantined = storage.write_quarantine(fs, root, run_date, quarantine)
+    quarantined = write_quarantine(fs, root, run_date, quarantine)
     return ShardResult(index, staged, len(uris), len(good), n_kept, len(quarantine), quarantined)
 
 
@@ -162,12 +164,12 @@ def write_predictions(
     table = pa.concat_tables(tables) if tables else PIPELINE_PREDICTION_SCHEMA.empty_table()
     table, duplicates = _drop_duplicate_hashes(table, flow_run_id)
     if table.num_rows:
-        result = storage.write_partition(fs, root, run_date, table)
+        result = write_partition(fs, root, run_date, table)
     else:  # nothing new: the partition stays as it is; report what it holds
-        current = storage.read_partition(fs, root, run_date, columns=["image_uri"]).num_rows
-        empty = storage.write_partition(fs, root, run_date, table)
+        current = read_partition(fs, root, run_date, columns=["image_uri"]).num_rows
+        empty = write_partition(fs, root, run_date, table)
         result = dataclasses.replace(empty, rows_kept=current)
-    quarantined = storage.write_quarantine(fs, root, run_date, duplicates)
+    quarantined = write_quarantine(fs, root, run_date, duplicates)
     _remove_staged(fs, staged_uris)
     return WriteResult(result, len(duplicates), quarantined)
 

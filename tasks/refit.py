@@ -14,24 +14,14 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from semclip.io import storage
-from semclip.refit import (
-    GateConfig,
-    GateDecision,
-    HoldoutMetrics,
-    RefitError,
-    Shot,
-    evaluate,
-    exclude_trained,
-    gate,
-    hash_shots,
-    load_holdout,
-    select_support,
-    shots_from_frame,
-    split_shots,
-    support_items,
-)
-from semclip.registry import CHALLENGER, CHAMPION, ModelRef, Registry
+from semclip.io.confirmed import read_confirmed
+from semclip.refit.decode import load_holdout, support_items
+from semclip.refit.evaluate import HoldoutMetrics, evaluate
+from semclip.refit.gate import GateConfig, GateDecision, gate
+from semclip.refit.shots import RefitError, Shot, hash_shots, shots_from_frame
+from semclip.refit.split import exclude_trained, select_support, split_shots
+from semclip.registry.client import Registry
+from semclip.registry.refs import CHALLENGER, CHAMPION, ModelRef
 from tasks.common import IO_RETRIES, BucketRef
 
 __all__ = [
@@ -86,7 +76,7 @@ class Evaluation:
 def load_confirmed_shots(bucket: BucketRef) -> list[Shot]:
     """Every confirmed shot under confirmed/ (latest review per image), newest first."""
     fs, root = bucket.open()
-    return shots_from_frame(storage.read_confirmed(fs, root))
+    return shots_from_frame(read_confirmed(fs, root))
 
 
 @task(name="hash_confirmed_shots", **IO_RETRIES)

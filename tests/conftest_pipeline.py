@@ -27,7 +27,8 @@ import pytest
 from fsspec import AbstractFileSystem
 from PIL import Image
 
-from semclip.registry import CHAMPION, Registry
+from semclip.registry.client import Registry
+from semclip.registry.refs import CHAMPION
 from semclip.synth import render_sample, sample_rng
 
 pytest_plugins = ["conftest_storage"]
@@ -204,7 +205,7 @@ def pipeline_env(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, champion_registry: Registry
 ) -> PipelineEnv:
     """A local (file://) bucket and a registry with a champion, wired into the settings."""
-    from semclip.io.storage import open_bucket
+    from semclip.io.bucket import open_bucket
 
     home = tmp_path / "home"
     url = f"file://{tmp_path / 'bucket'}"

@@ -18,7 +18,7 @@ import fsspec
 import pytest
 from fsspec import AbstractFileSystem
 
-from semclip.io.storage import open_bucket
+from semclip.io.bucket import open_bucket
 
 _DUMMY_AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -75,7 +75,7 @@ def _new_bucket_url(kind: str, tmp_path: Path) -> str:
     return f"file://{tmp_path / 'bucket'}"
 
 
-@pytest.fixture(params=["file", "s3"])
+@pytest.fixture(params=["file", pytest.param("s3", marks=pytest.mark.slow)])  # s3: moto
 def bucket(request: pytest.FixtureRequest, tmp_path: Path) -> BucketCase:
     """An empty, existing bucket on each backend."""
     endpoint = request.getfixturevalue("s3_endpoint") if request.param == "s3" else None
@@ -84,7 +84,7 @@ def bucket(request: pytest.FixtureRequest, tmp_path: Path) -> BucketCase:
     return BucketCase(request.param, url, endpoint, fs, root)
 
 
-@pytest.fixture(params=["file", "s3"])
+@pytest.fixture(params=["file", pytest.param("s3", marks=pytest.mark.slow)])  # s3: moto
 def missing_bucket(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str | None]:
     """``(url, endpoint_url)`` of a bucket that does not exist, on each backend."""
     endpoint = request.getfixturevalue("s3_endpoint") if request.param == "s3" else None

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from semclip.artifact import state_sha256
 from semclip.backbone import (
     DEFAULT_MODEL,
     DEFAULT_PRETRAINED,
@@ -18,6 +17,7 @@ from semclip.backbone import (
     load_backbone,
     save_backbone_dir,
 )
+from semclip.fingerprint import state_sha256
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +120,7 @@ def test_unknown_model_name() -> None:
         load_backbone("ViT-Q-99", None, "cpu")
 
 
+@pytest.mark.slow
 def test_default_tag_without_network_says_how_to_work_offline(tmp_path: Path) -> None:
     """A fresh interpreter, hub offline and an empty cache: the tag cannot be had."""
     env = {

@@ -26,6 +26,7 @@ LABELS = (
 )
 
 
+@pytest.mark.slow
 def test_run_bench_measures_every_phase() -> None:
     result = run_bench(
         "semclip-tiny",
@@ -60,6 +61,7 @@ def test_run_bench_measures_every_phase() -> None:
         assert label in text, label
 
 
+@pytest.mark.slow
 def test_cli_bench_prints_all_figures(capsys: pytest.CaptureFixture) -> None:
     args = ["bench", "--backbone", "semclip-tiny", "--device", "cpu", "--batch-size", "4"]
     args += ["--n-images", "4", "--shots", "1", "--classes", "2", "--image-size", "96"]

@@ -36,6 +36,7 @@ def model_dir(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     return out
 
 
+@pytest.mark.slow
 def test_fit_writes_a_loadable_model(model_dir: Path) -> None:
     model = load_model(model_dir, device="cpu")
     assert model.classes == ("good", "bridge", "particle", "scratch")
@@ -44,6 +45,7 @@ def test_fit_writes_a_loadable_model(model_dir: Path) -> None:
     assert model.calibration.method == "cross-validation"
 
 
+@pytest.mark.slow
 def test_predict_writes_parquet_with_error_rows(
     model_dir: Path, synth_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -63,6 +65,7 @@ def test_predict_writes_parquet_with_error_rows(
     assert all(r["error"] is None and r["predicted_class"] for r in rows[:-1])
 
 
+@pytest.mark.slow
 def test_predict_fails_when_nothing_runs(
     model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -138,6 +141,7 @@ def _console_script() -> Path:
     return script
 
 
+@pytest.mark.slow
 def test_help_through_the_console_script() -> None:
     """One subprocess (importing torch costs seconds): the installed entry point works."""
     result = subprocess.run(
@@ -159,6 +163,7 @@ def test_predict_help(capsys: pytest.CaptureFixture) -> None:
         assert option in text
 
 
+@pytest.mark.slow
 def test_top_level_help_imports_no_command_module() -> None:
     """`semclip --help` lists every command without torch; a command loads only its module."""
     code = (
@@ -190,7 +195,7 @@ def test_every_command_registers_under_its_name() -> None:
 
 def test_promote_default_alias_is_the_registry_champion() -> None:
     from semclip.cli import promote_cmd
-    from semclip.registry import CHAMPION
+    from semclip.registry.refs import CHAMPION
 
     assert promote_cmd.CHAMPION == CHAMPION
 

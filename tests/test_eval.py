@@ -117,6 +117,7 @@ def test_resolve_methods() -> None:
 
 
 # ------------------------------------------------------------------------------ metrics
+@pytest.mark.slow
 def test_metrics_json_schema_and_ranges(result: EvalResult) -> None:
     recs = records(result)
     assert result.plan.shots == (1, 2)
@@ -137,6 +138,7 @@ def test_metrics_json_schema_and_ranges(result: EvalResult) -> None:
         assert rec["n_test"] == 11 - rec["n_support"]
 
 
+@pytest.mark.slow
 def test_nulls_only_where_a_method_cannot_produce_a_metric(result: EvalResult) -> None:
     for rec in records(result):
         for key in ("iauroc", "iauroc_max_s", "pauroc", "f1max_px"):
@@ -145,6 +147,7 @@ def test_nulls_only_where_a_method_cannot_produce_a_metric(result: EvalResult) -
         assert nulls == {rec["method"] in BASELINES_WITHOUT_CLASSIFIER}, rec["method"]
 
 
+@pytest.mark.slow
 def test_per_class_rows(result: EvalResult) -> None:
     rows = class_records(result)
     assert len(rows) == len(result.runs) * 3
@@ -159,6 +162,7 @@ def test_per_class_rows(result: EvalResult) -> None:
     assert np.asarray(run.confusion).sum() == run.n_test
 
 
+@pytest.mark.slow
 def test_backbone_runs_once_per_image_and_augmentation(
     result: EvalResult, eval_dir: Path, tiny_backbone: Backbone, cache_dir: Path
 ) -> None:
@@ -181,6 +185,7 @@ def test_backbone_runs_once_per_image_and_augmentation(
     assert again.cache["misses"] == 0  # every image and flip came from the disk cache
 
 
+@pytest.mark.slow
 def test_classification_only_data_gives_null_pixel_metrics(
     eval_dir: Path, tiny_backbone: Backbone, cache_dir: Path, tmp_path: Path
 ) -> None:
@@ -200,6 +205,7 @@ def test_classification_only_data_gives_null_pixel_metrics(
 
 
 # ------------------------------------------------------------------------------- report
+@pytest.mark.slow
 def test_report_files_state_random_weights(result: EvalResult, tmp_path: Path) -> None:
     path = write_report(result, tmp_path / "report")
     text = path.read_text()
@@ -244,6 +250,7 @@ def test_full_resolution_is_the_production_resize() -> None:
 
 
 # ---------------------------------------------------------------------------------- CLI
+@pytest.mark.slow
 def test_cli_eval_end_to_end(
     eval_dir: Path, cache_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -287,6 +294,7 @@ def test_clip_zero_classifies_by_the_nearest_class_prompt() -> None:
     assert float(out.score_map[1].max()) < 0.01 and scorer.tau is None
 
 
+@pytest.mark.slow
 def test_compare_puts_backbones_side_by_side(result: EvalResult, tmp_path: Path) -> None:
     """Two backbones' folders (one split over two folders) → one column each, counted once."""
     from semclip.eval.compare import load_comparison, markdown
@@ -319,6 +327,7 @@ def test_compare_puts_backbones_side_by_side(result: EvalResult, tmp_path: Path)
         load_comparison([tmp_path / "nothing"])
 
 
+@pytest.mark.slow
 def test_compare_cli(result: EvalResult, tmp_path: Path) -> None:
     folder = write_report(result, tmp_path / "tiny", plots=False).parent
     assert main(["compare", str(folder), "--out", str(tmp_path / "c.md")]) == 0

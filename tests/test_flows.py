@@ -20,16 +20,19 @@ from flows.backfill import backfill
 from flows.nightly import NightlyReport, nightly_inference
 from flows.params import BackfillParams, NightlyParams
 from flows.refit import refit
-from semclip.io import storage
+from semclip.io.bucket import open_bucket
+from semclip.io.partitions import predictions_dataset, read_partition
+from semclip.io.quarantine import read_quarantine
+from semclip.io.tables import parquet_files
 from semclip.model import SemclipModel
-from semclip.registry import CHALLENGER, CHAMPION
+from semclip.registry.refs import CHALLENGER, CHAMPION
 
 if TYPE_CHECKING:
     from conftest_pipeline import Kit, PipelineEnv
 
 pytest_plugins = ["conftest_pipeline"]
 
-pytestmark = pytest.mark.usefixtures("prefect_server")
+pytestmark = [pytest.mark.usefixtures("prefect_server"), pytest.mark.slow]  # a Prefect server
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,7 +75,7 @@ def test_nightly_quarantines_corrupt_inputs_and_reruns_idempotently(
     assert (first.images, first.predicted, first.kept, first.quarantined) == (8, 6, 0, 2)
     assert first.rows_total == 6 and first.model_version == "1" and first.random_backbone
     assert len(spy.uris) == 8 and all(kit.RUN_DATE.isoformat() in u for u in spy.uris)
-    rows = storage.read_partition(fs, root, kit.RUN_DATE).to_pylist()
+    rows = read_partition(fs, root, kit.RUN_DATE).to_pylist()
     assert sorted(r["image_uri"] for r in rows) == sorted(fs.unstrip_protocol(p) for p in good)
     by_defect = {r["defect_id"]: r for r in rows}
     d2 = by_defect["D0002"]
@@ -86,7 +89,7 @@ def test_nightly_quarantines_corrupt_inputs_and_reruns_idempotently(
     assert all(r["model_name"] == "semclip-sem" and r["model_version"] == "1" for r in rows)
     assert all(r["flow_run_id"] and r["inferred_at"] for r in rows)
     assert all(r["error"] is None and r["predicted_class"] for r in rows)
-    quarantine = storage.read_quarantine(fs, root, kit.RUN_DATE).to_pylist()
+    quarantine = read_quarantine(fs, root, kit.RUN_DATE).to_pylist()
     reasons = {Path(q["image_uri"]).name: q["reason"] for q in quarantine}
     assert set(reasons) == {"garbage.png", "truncated.png"}
     assert "truncated" in reasons["truncated.png"]
@@ -97,12 +100,12 @@ def test_nightly_quarantines_corrupt_inputs_and_reruns_idempotently(
     second = nightly_inference(run_date=kit.RUN_DATE.isoformat())
     assert (second.predicted, second.kept, second.rows_total) == (0, 6, 6)
     assert sorted(Path(u).name for u in spy.uris) == ["garbage.png", "truncated.png"]
-    again = storage.read_partition(fs, root, kit.RUN_DATE).to_pylist()
+    again = read_partition(fs, root, kit.RUN_DATE).to_pylist()
     assert again == rows  # same rows, same run ids and times: kept, not rewritten
-    files = storage._parquet_files(fs, f"{root}/predictions/date={kit.RUN_DATE}")
+    files = parquet_files(fs, f"{root}/predictions/date={kit.RUN_DATE}")
     assert len(files) == 1  # no stale files
     assert second.quarantined == 2  # this run met them again ...
-    assert storage.read_quarantine(fs, root, kit.RUN_DATE).num_rows == 2  # ... recorded once
+    assert read_quarantine(fs, root, kit.RUN_DATE).num_rows == 2  # ... recorded once
 
     # A new image arrives: only it is predicted; the partition is the union.
     fs.pipe_file(
@@ -113,11 +116,11 @@ def test_nightly_quarantines_corrupt_inputs_and_reruns_idempotently(
     new_uri = fs.unstrip_protocol(f"{root}/raw/{kit.RUN_DATE}/LOT7/W04/D0101.png")
     assert new_uri in spy.uris and not set(spy.uris) & {fs.unstrip_protocol(p) for p in good}
     assert (third.predicted, third.kept, third.rows_total) == (1, 6, 7)
-    final = storage.read_partition(fs, root, kit.RUN_DATE)
+    final = read_partition(fs, root, kit.RUN_DATE)
     hashes, versions = final["image_sha256"].to_pylist(), final["model_version"].to_pylist()
     keys = list(zip(hashes, versions, strict=True))
     assert len(keys) == len(set(keys))  # never a duplicate
-    assert len(storage._parquet_files(fs, f"{root}/predictions/date={kit.RUN_DATE}")) == 1
+    assert len(parquet_files(fs, f"{root}/predictions/date={kit.RUN_DATE}")) == 1
 
 
 def test_nightly_on_s3(
@@ -128,7 +131,7 @@ def test_nightly_on_s3(
     registry_templates: Any,
 ) -> None:
     url = f"s3://semclip-flows-{uuid.uuid4().hex[:12]}"
-    fs, root = storage.open_bucket(url, endpoint_url=s3_endpoint, create=True)
+    fs, root = open_bucket(url, endpoint_url=s3_endpoint, create=True)
     registry = kit.copy_registry(registry_templates, "champion", tmp_path / "registry")
     kit.use_environment(monkeypatch, tmp_path / "home", url, s3_endpoint, registry)
     kit.write_raw_dump(fs, root, kit.RUN_DATE, 3)
@@ -137,12 +140,12 @@ def test_nightly_on_s3(
 
     assert (report.images, report.predicted, report.quarantined) == (5, 3, 2)
     assert report.partition_uri == f"{url}/predictions/date={kit.RUN_DATE}"
-    table = storage.read_partition(fs, root, kit.RUN_DATE)
+    table = read_partition(fs, root, kit.RUN_DATE)
     assert table.num_rows == 3 and all(
         u.startswith("s3://") for u in table["image_uri"].to_pylist()
     )
-    assert storage.read_quarantine(fs, root, kit.RUN_DATE).num_rows == 2
-    dataset = storage.predictions_dataset(fs, root).to_table()
+    assert read_quarantine(fs, root, kit.RUN_DATE).num_rows == 2
+    dataset = predictions_dataset(fs, root).to_table()
     assert dataset.schema.field("date").type == pa.date32()
     assert set(dataset["date"].to_pylist()) == {kit.RUN_DATE}
 
@@ -292,7 +295,7 @@ def test_refit_registers_champion_then_gates_an_equal_candidate(
     kit: Kit, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, registry_templates: Any
 ) -> None:
     url = f"file://{tmp_path / 'bucket'}"
-    fs, root = storage.open_bucket(url, create=True)
+    fs, root = open_bucket(url, create=True)
     registry = kit.copy_registry(registry_templates, "empty", tmp_path / "registry")
     kit.use_environment(monkeypatch, tmp_path / "home", url, None, registry)
     monkeypatch.setenv("SEMCLIP_SUPPORT_CAP_PER_CLASS", "1")  # k = 1: one cheap fit

@@ -85,6 +85,7 @@ def test_fit_without_masks_trains_classification_only(
     assert_prediction_consistent(pred, (128, 128))
 
 
+@pytest.mark.slow
 def test_fit_is_deterministic_for_a_seed(
     tiny_backbone: Backbone, support_split: tuple[Dataset, Dataset], fast_config: FitConfig
 ) -> None:

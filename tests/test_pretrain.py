@@ -77,6 +77,7 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_losses_are_finite_logged_and_the_run_finishes(finished) -> None:
     assert finished.finished and finished.step == TINY.steps
     steps = [h["step"] for h in finished.history]
@@ -88,6 +89,7 @@ def test_losses_are_finite_logged_and_the_run_finishes(finished) -> None:
     assert finished.zero_shot["n_images"] > 0
 
 
+@pytest.mark.slow
 def test_backbone_loads_as_local_dir_and_as_checkpoint_file(finished) -> None:
     folder = finished.backbone_dir
     for name in ("MODEL_CARD.md", "loss_curve.png", "pretrain.json", "seen_images.txt"):
@@ -105,6 +107,7 @@ def test_backbone_loads_as_local_dir_and_as_checkpoint_file(finished) -> None:
     assert "steps" in (folder / "MODEL_CARD.md").read_text()
 
 
+@pytest.mark.slow
 def test_seen_images_are_the_sha256_of_the_archive_files(finished, archive_dir: Path) -> None:
     images = sorted(archive_dir.glob("images/*/*.png"))
     expected = sorted({_sha256(p) for p in images})
@@ -112,6 +115,7 @@ def test_seen_images_are_the_sha256_of_the_archive_files(finished, archive_dir: 
     assert lines == expected
 
 
+@pytest.mark.slow
 def test_seen_overlap_flags_only_seen_images(finished, archive_dir: Path, tmp_path: Path) -> None:
     seen = sorted(archive_dir.glob("images/particle/*.png"))[:2]
     fresh = generate_dataset(tmp_path / "fresh", counts={"good": 2}, seed=78, size=64)
@@ -125,6 +129,7 @@ def test_seen_overlap_flags_only_seen_images(finished, archive_dir: Path, tmp_pa
     assert seen_overlap(tmp_path, paths) == set()  # no seen_images.txt: nothing known
 
 
+@pytest.mark.slow
 def test_resume_after_a_stop_ends_identical_to_an_uninterrupted_run(
     finished, archive_dir: Path, tmp_path: Path
 ) -> None:
@@ -141,6 +146,7 @@ def test_resume_after_a_stop_ends_identical_to_an_uninterrupted_run(
         assert torch.equal(value, resumed[name]), name
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_checkpoint_of_another_recipe(archive_dir: Path, tmp_path: Path) -> None:
     kw = dict(work_dir=tmp_path / "work", out_dir=tmp_path / "bb", data=archive_dir)
     pretrain(TINY, stop_after=2, progress=False, **kw)
@@ -150,6 +156,7 @@ def test_resume_refuses_a_checkpoint_of_another_recipe(archive_dir: Path, tmp_pa
     assert again.step == 1
 
 
+@pytest.mark.slow
 def test_bf16_autocast_on_cpu_trains(archive_dir: Path, tmp_path: Path) -> None:
     config = replace(TINY, steps=2, cpu_bf16=True)
     result = pretrain(
@@ -160,6 +167,7 @@ def test_bf16_autocast_on_cpu_trains(archive_dir: Path, tmp_path: Path) -> None:
     assert "bfloat16" in (result.backbone_dir / "MODEL_CARD.md").read_text()
 
 
+@pytest.mark.slow
 def test_loss_decreases_over_a_short_run(archive_dir: Path, tmp_path: Path) -> None:
     config = replace(TINY, steps=24, batch_size=16, lr=2e-3, warmup_steps=3, checkpoint_every=24)
     result = pretrain(
@@ -180,6 +188,7 @@ def test_exclude_classes_removes_them_from_the_archive(tmp_path: Path) -> None:
     assert all(item.label != "particle" for item in archive.items)
 
 
+@pytest.mark.slow
 def test_cli_exclude_classes_and_stop(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     code = main(
         [

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from semclip.io.storage import BucketNotFoundError
+from semclip.io.bucket import BucketNotFoundError
 from semclip.pretrain import PretrainConfig, pretrain
 from semclip.pretrain.archive import load_archive
 from semclip.pretrain.remote import is_remote, mirror_archive
@@ -98,10 +98,11 @@ def test_a_missing_bucket_is_named(missing_bucket, tmp_path: Path) -> None:
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.slow
 def test_pretrain_from_s3_writes_seen_images_of_the_store(
     s3_endpoint: str, local_archive: Path, tmp_path: Path
 ) -> None:
-    from semclip.io.storage import open_bucket
+    from semclip.io.bucket import open_bucket
 
     bucket = open_bucket("s3://semclip-pretrain-remote", endpoint_url=s3_endpoint, create=True)
     url = _upload(type("B", (), {"fs": bucket.fs, "root": bucket.root})(), local_archive)
@@ -126,6 +127,7 @@ def test_pretrain_from_s3_writes_seen_images_of_the_store(
     }
 
 
+@pytest.mark.slow
 def test_cli_pretrain_takes_an_archive_url(
     local_archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

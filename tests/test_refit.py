@@ -11,24 +11,19 @@ import numpy as np
 import pytest
 
 from semclip.artifact import load_model
-from semclip.io.storage import open_bucket, read_confirmed
+from semclip.io.bucket import open_bucket
+from semclip.io.confirmed import read_confirmed
 from semclip.metrics import classification_metrics
-from semclip.refit import (
-    GateConfig,
-    HoldoutMetrics,
-    RefitError,
-    Shot,
-    evaluate,
+from semclip.refit.decode import load_holdout, support_items
+from semclip.refit.evaluate import HoldoutMetrics, evaluate
+from semclip.refit.gate import GateConfig, gate
+from semclip.refit.shots import RefitError, Shot, hash_shots, shots_from_frame
+from semclip.refit.split import (
     exclude_trained,
-    gate,
-    hash_shots,
     holdout_position,
     is_holdout,
-    load_holdout,
     select_support,
-    shots_from_frame,
     split_shots,
-    support_items,
 )
 
 if TYPE_CHECKING:

@@ -11,14 +11,9 @@ import pytest
 
 from semclip.artifact import load_model
 from semclip.cli import main
-from semclip.registry import (
-    CHAMPION,
-    ModelNotFoundError,
-    Registry,
-    RegistryError,
-    clear_model_cache,
-    parse_model_uri,
-)
+from semclip.registry.cache import clear_model_cache
+from semclip.registry.client import Registry
+from semclip.registry.refs import CHAMPION, ModelNotFoundError, RegistryError, parse_model_uri
 
 if TYPE_CHECKING:
     from conftest_pipeline import Kit
@@ -26,6 +21,7 @@ if TYPE_CHECKING:
 pytest_plugins = ["conftest_pipeline"]
 
 
+@pytest.mark.slow
 def test_champion_loads_self_contained_and_predicts_like_the_saved_model(
     kit: Kit, champion_registry: Registry, small_model_dir: Path
 ) -> None:
@@ -46,6 +42,7 @@ def test_champion_loads_self_contained_and_predicts_like_the_saved_model(
     assert got[0].model_version == "1"
 
 
+@pytest.mark.slow
 def test_pyfunc_serves_the_registered_version(
     kit: Kit, champion_registry: Registry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -62,6 +59,7 @@ def test_pyfunc_serves_the_registered_version(
     assert set(out.loc[0, "probabilities"]) == {"good", "bridge", "particle"}
 
 
+@pytest.mark.slow
 def test_missing_model_version_and_alias_are_clear_errors(
     champion_registry: Registry, empty_registry: Registry
 ) -> None:
@@ -74,6 +72,7 @@ def test_missing_model_version_and_alias_are_clear_errors(
     assert empty_registry.alias(CHAMPION) is None and empty_registry.versions() == []
 
 
+@pytest.mark.slow
 def test_promote_moves_champion_and_rolls_back(
     champion_registry: Registry, small_model_dir: Path
 ) -> None:
@@ -87,6 +86,7 @@ def test_promote_moves_champion_and_rolls_back(
     assert champion_registry.versions() == ["1", "2"]
 
 
+@pytest.mark.slow
 def test_promote_cli(
     champion_registry: Registry,
     small_model_dir: Path,
@@ -108,6 +108,7 @@ def test_promote_cli(
     assert champion_registry.resolve().version == "2"
 
 
+@pytest.mark.slow
 def test_predict_cli_accepts_a_models_uri(
     kit: Kit, champion_registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -161,6 +162,7 @@ def test_parse_model_uri_rejects(value: str) -> None:
         parse_model_uri(value, "m")
 
 
+@pytest.mark.slow
 def test_tracking_uri_is_not_leaked_into_the_environment(
     champion_registry: Registry, monkeypatch: pytest.MonkeyPatch, small_model_dir: Path
 ) -> None:
@@ -171,6 +173,7 @@ def test_tracking_uri_is_not_leaked_into_the_environment(
     assert "MLFLOW_TRACKING_URI" not in os.environ
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("configured", [True, False])
 def test_artifact_location_setting_places_new_experiments(tmp_path: Path, configured: bool) -> None:
     from semclip.settings import SemclipSettings
@@ -186,3 +189,14 @@ def test_artifact_location_setting_places_new_experiments(tmp_path: Path, config
     experiment = registry.client().get_experiment(registry.experiment_id())
     expected = target if configured else (db.parent / "mlartifacts").as_uri()
     assert experiment.artifact_location.rstrip("/") == expected.rstrip("/")
+
+
+def test_models_logged_before_the_split_still_find_their_python_model() -> None:
+    """A pyfunc pickled before semclip/registry.py became a package names the class as
+    ``semclip.registry.SemclipPyfunc``; unpickling it must give the class that exists now."""
+    import pickle
+
+    from semclip.registry.pyfunc import SemclipPyfunc
+
+    old_reference = b"csemclip.registry\nSemclipPyfunc\n."  # protocol 0 GLOBAL opcode
+    assert pickle.loads(old_reference) is SemclipPyfunc

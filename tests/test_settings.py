@@ -157,8 +157,10 @@ def test_table_lists_every_setting_with_env_default_and_description() -> None:
 
 def test_library_modules_import_neither_prefect_nor_mlflow() -> None:
     code = (
-        "import sys, semclip.settings, semclip.io.storage, semclip.io.klarf, "
-        "semclip.io.pipeline_schema\n"
+        "import sys, semclip.settings, semclip.io.bucket, semclip.io.paths, semclip.io.klarf, "
+        "semclip.io.klarf_join, semclip.io.confirmed, semclip.io.quarantine, "
+        "semclip.io.partitions, semclip.io.fetch, semclip.io.pipeline_schema, "
+        "semclip.registry.refs\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('prefect', 'mlflow')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -12,6 +12,16 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
+from semclip.io.bucket import BucketNotFoundError, open_bucket
+from semclip.io.confirmed import ConfirmedShotsError, read_confirmed
+from semclip.io.klarf_join import describe_images, find_klarf
+from semclip.io.partitions import (
+    existing_keys,
+    predictions_dataset,
+    read_partition,
+    write_partition,
+)
+from semclip.io.paths import date_prefix, list_raw_images, parse_ids
 from semclip.io.pipeline_schema import (
     PIPELINE_FIELDS,
     PIPELINE_PREDICTION_SCHEMA,
@@ -19,24 +29,8 @@ from semclip.io.pipeline_schema import (
     pipeline_records_to_table,
     quarantine_records_to_table,
 )
+from semclip.io.quarantine import read_quarantine, write_quarantine
 from semclip.io.schema import PREDICTION_SCHEMA
-from semclip.io.storage import (
-    BucketNotFoundError,
-    ConfirmedShotsError,
-    date_prefix,
-    describe_images,
-    existing_keys,
-    find_klarf,
-    list_raw_images,
-    open_bucket,
-    parse_ids,
-    predictions_dataset,
-    read_confirmed,
-    read_partition,
-    read_quarantine,
-    write_partition,
-    write_quarantine,
-)
 from semclip.settings import DEFAULT_PATH_REGEX
 
 if TYPE_CHECKING:

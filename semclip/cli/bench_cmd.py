@@ -7,9 +7,8 @@ from functools import partial
 
 from tqdm import tqdm
 
-from semclip.backbone import TINY_MODEL
+from semclip.backbone import NONE_WORDS, TINY_MODEL
 from semclip.cli.commands import summary
-from semclip.cli.common import NONE_WORDS
 from semclip.eval.bench import format_bench, run_bench
 
 

@@ -7,10 +7,14 @@ import logging
 
 from tqdm import tqdm
 
-from semclip.backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED, Backbone, load_backbone
+from semclip.backbone import (
+    DEFAULT_MODEL,
+    DEFAULT_PRETRAINED,
+    Backbone,
+    load_backbone,
+    resolve_pretrained,
+)
 from semclip.data.databar import DatabarCrop
-
-NONE_WORDS = {"none", "null", "random", ""}
 
 
 def add_backbone_options(parser: argparse.ArgumentParser) -> None:
@@ -40,13 +44,6 @@ def add_databar_options(parser: argparse.ArgumentParser) -> None:
 
 def databar_from(args: argparse.Namespace) -> DatabarCrop:
     return DatabarCrop(top=args.databar_top, bottom=args.databar_bottom)
-
-
-def resolve_pretrained(backbone: str, pretrained: str | None) -> str | None:
-    """The tag/path to load: explicit value, 'none' → None, default tag only for the default."""
-    if pretrained is None:
-        return DEFAULT_PRETRAINED if backbone == DEFAULT_MODEL else None
-    return None if pretrained.strip().lower() in NONE_WORDS else pretrained
 
 
 def backbone_from(args: argparse.Namespace) -> Backbone:

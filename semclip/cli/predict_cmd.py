@@ -74,7 +74,7 @@ def expand_inputs(inputs: list[str]) -> list[str]:
 def _load(model: str, device: str | None) -> SemclipModel:
     """A model directory, or a models:/ URI resolved in the MLflow registry (offline-safe)."""
     if model.startswith("models:/"):
-        from semclip.registry import Registry
+        from semclip.registry.client import Registry
         from semclip.settings import get_settings
 
         return Registry.from_settings(get_settings()).load(model, device=device)

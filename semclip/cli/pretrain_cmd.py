@@ -16,9 +16,8 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
-from semclip.backbone import LOCAL_DIR_PREFIX
+from semclip.backbone import LOCAL_DIR_PREFIX, NONE_WORDS
 from semclip.cli.commands import summary
-from semclip.cli.common import NONE_WORDS
 from semclip.cli.demo_cmd import semclip_home
 from semclip.cli.synth_cmd import parse_patterns
 from semclip.pretrain import SMALL_MODEL, pretrain

@@ -10,11 +10,9 @@ from __future__ import annotations
 import argparse
 
 from semclip.cli.commands import summary
+from semclip.registry.refs import CHAMPION  # refs imports no MLflow: `semclip --help` stays fast
 from semclip.settings import get_settings
 
-# semclip.registry.CHAMPION, spelled out: importing the registry pulls in MLflow, which every
-# other sub-command (and `semclip --help`) would then pay for (tests keep the two equal).
-CHAMPION = "champion"
 _SHOWN = ("f1", "accuracy", "pixel_f1_max")  # hold-out metrics printed after a promotion
 
 
@@ -33,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from semclip.registry import Registry
+    from semclip.registry.client import Registry
 
     registry = Registry.from_settings(get_settings(), model_name=args.name)
     previous, new = registry.promote(args.version, args.alias)

@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from semclip.data.dataset import MANIFEST
-from semclip.io.storage import BucketNotFoundError, open_bucket
+from semclip.io.bucket import BucketNotFoundError, open_bucket
 from semclip.pretrain.archive import MIRROR_META
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ def mirror_archive(
 ) -> Path:
     """Copy the manifest archive at ``url`` into ``dest`` (fetching only what changed).
 
-    Raises :class:`~semclip.io.storage.BucketNotFoundError` for a missing bucket,
+    Raises :class:`~semclip.io.bucket.BucketNotFoundError` for a missing bucket,
     FileNotFoundError when the prefix has no manifest, ValueError listing every row that
     points outside the prefix or names a file the store does not have.
     """

@@ -1,48 +1,40 @@
-"""The MLflow side of a model's life: log, register, alias, load offline, serve as pyfunc.
+"""The :class:`Registry`: one MLflow tracking/registry server and one registered model name.
 
-A registered version of ``semclip-sem`` is one MLflow logged model whose artifacts hold the
-whole semclip model directory (:mod:`semclip.artifact`: backbone weights, heads, T, classes,
-prompts, τ, α, preprocessing, lineage), so a worker with no internet serves it from the
-registry alone. It is logged through :class:`SemclipPyfunc`, so generic MLflow tooling
-(``mlflow.pyfunc.load_model``, ``mlflow models serve``) works on it too; the nightly flow
-loads it with :meth:`Registry.load`, which gives back the :class:`~semclip.model.SemclipModel`.
-
-Aliases, not stages (deprecated): ``champion`` is what nightly inference uses, ``challenger``
-the latest candidate. Only the refit gate or a person (``semclip promote``) moves
-``champion``; a rollback is promoting the older version.
-
-Pitfalls handled here (MLflow 3.17): file stores are refused, so the default is SQLite; an
-experiment's artifact location is fixed at creation, so it is set explicitly (next to the
-database, never ``./mlruns`` of whatever folder a worker started in); aliases are read with
-``get_model_version_by_alias`` (``search_model_versions`` returns none on SQL backends).
-
-This module imports mlflow but never prefect.
+Looks versions and aliases up, logs and registers a saved model directory, moves aliases, and
+loads a version as a :class:`~semclip.model.SemclipModel` (through :mod:`semclip.registry.cache`).
+See :mod:`semclip.registry` for the MLflow pitfalls handled here.
 """
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import logging
 import os
-import re
-import shutil
-import tempfile
-import threading
-import uuid
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
 import mlflow.pyfunc
-import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+
+from semclip.registry.cache import cached_model, cached_model_dir
+from semclip.registry.code_copy import clean_code_copy, pip_requirements
+from semclip.registry.pyfunc import MODEL_ARTIFACT, SemclipPyfunc, signature
+from semclip.registry.refs import (
+    CHAMPION,
+    RANDOM_BACKBONE_NOTE,
+    RANDOM_BACKBONE_TAG,
+    ModelNotFoundError,
+    ModelRef,
+    parse_model_uri,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -50,136 +42,14 @@ if TYPE_CHECKING:
     from semclip.model import SemclipModel
     from semclip.settings import SemclipSettings
 
-__all__ = [
-    "CHALLENGER",
-    "CHAMPION",
-    "MODEL_ARTIFACT",
-    "ModelNotFoundError",
-    "ModelRef",
-    "Registry",
-    "RegistryError",
-    "SemclipPyfunc",
-    "parse_model_uri",
-]
+__all__ = ["Registry"]
 
 log = logging.getLogger(__name__)
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
-MODEL_ARTIFACT = "semclip_model"  # key of the model directory in the pyfunc artifacts
+
 LOGGED_MODEL_NAME = "model"
-RANDOM_BACKBONE_TAG = "semclip.random_backbone"
-RANDOM_BACKBONE_NOTE = (
-    "RANDOM-WEIGHT BACKBONE: this model's metrics are a plumbing check, not quality figures"
-)
-_MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w-]+))$")
 _MAX_PARAM_CHARS = 6000  # MLflow's limit on one param value
 _MLFLOW_URI_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
-_CACHE_SIZE = 2  # loaded models kept per process (champion + one pinned/candidate)
-
-
-class RegistryError(ValueError):
-    """The registry cannot do what was asked; the message says what to do instead."""
-
-
-class ModelNotFoundError(RegistryError):
-    """No such registered model, version or alias."""
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """One registered model version: what flows pass around instead of the model itself."""
-
-    name: str
-    version: str  # MLflow version number as a string, also the Parquet model_version
-    run_id: str | None = None
-    source: str | None = None  # the logged model's own URI (models:/m-…)
-    tags: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def uri(self) -> str:
-        """``models:/<name>/<version>``: immutable, unlike an alias."""
-        return f"models:/{self.name}/{self.version}"
-
-    @property
-    def random_backbone(self) -> bool:
-        """True when the version was fitted on a random-weight backbone (scores meaningless)."""
-        return self.tags.get(RANDOM_BACKBONE_TAG, "").lower() == "true"
-
-
-def parse_model_uri(value: str | int | None, default_name: str) -> tuple[str, str | None, str]:
-    """``(name, version, alias)`` of a model reference; exactly one of version/alias is set.
-
-    Accepts ``None`` (the champion), a version number (``3``, ``"3"``), an alias
-    (``"challenger"``), ``models:/name/3`` and ``models:/name@alias``. Raises
-    :class:`RegistryError` on anything else, e.g. ``models:/name`` or ``runs:/…``.
-    """
-    if value is None:
-        return default_name, None, CHAMPION
-    text = str(value).strip()
-    if text.isdigit():
-        return default_name, str(int(text)), ""
-    if text.startswith("models:/"):
-        match = _MODELS_URI.match(text)
-        if not match:
-            raise RegistryError(
-                f"model URI {text!r}: use models:/<name>/<version> or models:/<name>@<alias>"
-            )
-        return match["name"], match["version"], match["alias"] or ""
-    if re.fullmatch(r"[A-Za-z_][\w-]*", text):
-        return default_name, None, text
-    raise RegistryError(
-        f"model reference {text!r}: give a version number, an alias (champion, challenger) "
-        "or a models:/ URI"
-    )
-
-
-class SemclipPyfunc(mlflow.pyfunc.PythonModel):
-    """Generic MLflow face of a semclip model: a DataFrame of images in, prediction rows out.
-
-    Input: a column ``image`` (encoded file bytes) or ``image_uri`` (paths or fsspec URIs).
-    Output: one row per image with the columns of the declared prediction schema
-    (``probabilities`` as a dict, ``bbox`` as a dict or None). Unreadable images give a row
-    with ``error`` set, as :meth:`SemclipModel.predict` does.
-    """
-
-    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        from semclip.artifact import load_model
-
-        self._model = load_model(context.artifacts[MODEL_ARTIFACT])
-
-    def predict(
-        self,
-        context: mlflow.pyfunc.PythonModelContext,
-        model_input: pd.DataFrame,
-        params: dict[str, Any] | None = None,
-    ) -> pd.DataFrame:
-        import fsspec
-
-        if "image" in model_input.columns:
-            images = list(model_input["image"])
-            uris = (
-                [str(u) for u in model_input["image_uri"]]
-                if "image_uri" in model_input.columns
-                else None
-            )
-        elif "image_uri" in model_input.columns:
-            uris = [str(u) for u in model_input["image_uri"]]
-            images = [_read_uri(fsspec, u) for u in uris]
-        else:
-            raise ValueError("input needs a column 'image' (bytes) or 'image_uri' (path/URI)")
-        predictions = self._model.predict(images, uris=uris)
-        return pd.DataFrame([p.to_record() for p in predictions])
-
-
-def _read_uri(fsspec_module: Any, uri: str) -> bytes:
-    """File bytes, or empty bytes when unreadable: the model then reports the read error."""
-    try:
-        with fsspec_module.open(uri, "rb") as f:
-            return f.read()
-    except OSError as exc:
-        log.warning("cannot read %s: %s", uri, exc)
-        return b""
 
 
 @dataclass(frozen=True)
@@ -357,7 +227,7 @@ class Registry:
                 mlflow.set_tags(tags)
                 for name, document in (documents or {}).items():
                     mlflow.log_dict(document, name)
-                with _clean_code_copy() as code, warnings.catch_warnings():
+                with clean_code_copy() as code, warnings.catch_warnings():
                     # An input example would make MLflow load and run the model while
                     # logging it; the signature already says what goes in.
                     warnings.filterwarnings("ignore", message=".*input example was not provided")
@@ -366,8 +236,8 @@ class Registry:
                         python_model=SemclipPyfunc(),
                         artifacts={MODEL_ARTIFACT: str(model_dir)},
                         code_paths=[str(code)],
-                        signature=_signature(),
-                        pip_requirements=_pip_requirements(),
+                        signature=signature(),
+                        pip_requirements=pip_requirements(),
                         registered_model_name=self.model_name,
                     )
                 run_id = run.info.run_id
@@ -408,36 +278,14 @@ class Registry:
 
     # ------------------------------------------------------------------ loading
     def local_dir(self, ref: ModelRef) -> Path:
-        """The semclip model directory of ``ref`` on this machine, downloaded once.
+        """The semclip model directory of ``ref`` on this machine, downloaded once."""
+        return cached_model_dir(self.cache_dir, ref, partial(self._download, ref), self.where())
 
-        Versions are immutable, so the cache key is the version plus its logged model id;
-        a half-finished download never becomes visible (download to a temp folder, rename).
-        """
-        cache = self.cache_dir or Path(tempfile.gettempdir()) / "semclip-model-cache"
-        source_id = (ref.source or ref.run_id or "unknown").rsplit("/", 1)[-1]
-        target = cache / _safe(ref.name) / f"v{ref.version}-{_safe(source_id)}"
-        if (target / "model.json").is_file():
-            return target
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f"{target.name}.tmp-{uuid.uuid4().hex[:8]}")
-        try:
-            with self._active():  # models:/ resolution ignores registry_uri= in 3.17
-                downloaded = Path(
-                    mlflow.artifacts.download_artifacts(artifact_uri=ref.uri, dst_path=str(tmp))
-                )
-            inner = downloaded / _artifact_subpath(downloaded)
-            if not (inner / "model.json").is_file():
-                raise RegistryError(
-                    f"{ref.uri} in {self.where()} is not a semclip model (no {MODEL_ARTIFACT})"
-                )
-            try:
-                inner.rename(target)
-            except OSError:  # another process won the race: use its copy
-                if not (target / "model.json").is_file():
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return target
+    def _download(self, ref: ModelRef, dst: Path) -> Path:
+        with self._active():  # models:/ resolution ignores registry_uri= in 3.17
+            return Path(
+                mlflow.artifacts.download_artifacts(artifact_uri=ref.uri, dst_path=str(dst))
+            )
 
     def load(
         self,
@@ -464,27 +312,7 @@ class Registry:
     def load_cached(self, ref: ModelRef, device: str | torch.device | None = None) -> SemclipModel:
         """:meth:`load`, kept in this process: nightly shards share one loaded model."""
         key = (self.tracking_uri, ref.name, ref.version, ref.source, str(device))
-        with _CACHE_LOCK:
-            model = _LOADED.get(key)
-            if model is None:
-                model = self.load(ref, device)
-                _LOADED[key] = model
-                while len(_LOADED) > _CACHE_SIZE:
-                    _LOADED.pop(next(iter(_LOADED)))
-            return model
-
-
-_LOADED: dict[tuple[str, ...], SemclipModel] = {}
-_CACHE_LOCK = threading.Lock()
-
-
-def clear_model_cache() -> None:
-    """Forget the models :meth:`Registry.load_cached` holds (tests, memory pressure)."""
-    with _CACHE_LOCK:
-        _LOADED.clear()
-
-
-# --------------------------------------------------------------------------- helpers
+        return cached_model(key, partial(self.load, ref, device))
 
 
 def _ref(version: Any) -> ModelRef:
@@ -513,61 +341,12 @@ def _default_artifact_location(tracking_uri: str) -> str | None:
     return None
 
 
-def _artifact_subpath(model_root: Path) -> str:
-    """Where the semclip directory lies inside a downloaded pyfunc model (from MLmodel)."""
-    from mlflow.models import Model
-
-    flavor = Model.load(str(model_root)).flavors.get("python_function", {})
-    entry = flavor.get("artifacts", {}).get(MODEL_ARTIFACT, {})
-    path = entry.get("path") if isinstance(entry, dict) else None
-    if not path:
-        raise RegistryError(f"{model_root} has no {MODEL_ARTIFACT!r} artifact in its MLmodel")
-    return path
-
-
-def _signature() -> Any:
-    """Input columns of the pyfunc: ``image`` (bytes) and/or ``image_uri``; either may be
-    absent. Output columns vary with the model's classes, so they are left open."""
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
-
-    inputs = Schema(
-        [
-            ColSpec("binary", "image", required=False),
-            ColSpec("string", "image_uri", required=False),
-        ]
-    )
-    return ModelSignature(inputs=inputs)
-
-
 def _is_random(model_dir: Path) -> bool:
     try:
         meta = json.loads((model_dir / "model.json").read_text())
     except (OSError, json.JSONDecodeError):
         return False
     return bool(meta.get("backbone", {}).get("random_weights"))
-
-
-@contextmanager
-def _clean_code_copy() -> Iterator[Path]:
-    """The semclip package without caches, logged with the model so serving needs no wheel."""
-    import semclip
-
-    source = Path(semclip.__file__).parent
-    with tempfile.TemporaryDirectory() as tmp:
-        target = Path(tmp) / "semclip"
-        shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        yield target
-
-
-def _pip_requirements() -> list[str]:
-    """semclip's own runtime requirements, as installed (the package itself is in code/)."""
-    try:
-        requires = importlib.metadata.requires("semclip") or []
-    except importlib.metadata.PackageNotFoundError:
-        requires = []
-    serving = [r for r in requires if "extra ==" not in r and not r.startswith("prefect")]
-    return serving or ["torch", "open_clip_torch", "mlflow"]
 
 
 def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -580,10 +359,6 @@ def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
             text = value if isinstance(value, str) else json.dumps(value, default=str)
             out[name] = text[:_MAX_PARAM_CHARS]
     return out
-
-
-def _safe(text: str) -> str:
-    return re.sub(r"[^\w.-]+", "_", text)
 
 
 def _quote(text: str) -> str:

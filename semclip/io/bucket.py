@@ -1,0 +1,91 @@
+"""The object store the pipeline reads and writes: one fsspec code path for file:// and s3://.
+
+Layout under the bucket root::
+
+    raw/<YYYY-MM-DD>/…/<image>.{png,tif,tiff,jpg,jpeg}   (+ a KLARF beside the images)
+    confirmed/…/*.{csv,parquet}                           engineer-reviewed labels
+    predictions/date=<YYYY-MM-DD>/*.parquet               one hive partition per raw date
+    quarantine/date=<YYYY-MM-DD>/<uuid>.parquet           inputs that could not be used
+
+One module per part: :mod:`~semclip.io.paths` (raw images, path ids),
+:mod:`~semclip.io.klarf_join` (ids and positions from a KLARF), :mod:`~semclip.io.confirmed`,
+:mod:`~semclip.io.quarantine`, :mod:`~semclip.io.partitions` (predictions),
+:mod:`~semclip.io.fetch` (bytes of many URIs at once).
+
+Functions take ``(fs, root)`` from :func:`open_bucket` (``root`` is a path inside ``fs``,
+without protocol) and hand back full URIs (``s3://…``, ``file:///…``), which is what the
+prediction rows store and what any fsspec reader opens. Listings start with
+``fs.invalidate_cache()`` because s3fs caches them and a nightly run must see today's files.
+"""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+from typing import Any, NamedTuple
+
+import fsspec
+from fsspec import AbstractFileSystem
+
+__all__ = ["Bucket", "BucketNotFoundError", "file_suffix", "find_files", "open_bucket"]
+
+
+class BucketNotFoundError(FileNotFoundError):
+    """The configured bucket (or local bucket folder) does not exist."""
+
+
+class Bucket(NamedTuple):
+    """An opened bucket: unpacks as ``fs, root = open_bucket(url)``."""
+
+    fs: AbstractFileSystem
+    root: str  # path inside fs, no protocol, no trailing slash
+
+
+def open_bucket(url: str, *, endpoint_url: str | None = None, create: bool = False) -> Bucket:
+    """Open ``url`` (``file://…``, ``s3://bucket[/prefix]`` or a local path) with fsspec.
+
+    Raises :class:`BucketNotFoundError` naming the bucket when it does not exist, unless
+    ``create`` (the local demo) makes it; failing here beats failing on the first write
+    after a night of inference. ``endpoint_url`` points s3fs at MinIO/Ceph/moto. A local
+    bucket is its folder; on S3 the bucket must exist, a prefix inside it need not.
+    """
+    protocol = fsspec.utils.get_protocol(url)
+    options: dict[str, Any] = {}
+    if protocol == "s3" and endpoint_url:
+        options["endpoint_url"] = endpoint_url
+    elif protocol in ("file", "local"):
+        options["auto_mkdir"] = True  # behave like an object store: writing makes the folders
+    fs, root = fsspec.core.url_to_fs(url, **options)
+    root = root.rstrip("/")
+    is_s3 = protocol == "s3"
+    container = root.split("/", 1)[0] if is_s3 else root
+    fs.invalidate_cache()
+    if fs.exists(container):
+        return Bucket(fs, root)
+    if not create:
+        where = f" at {endpoint_url}" if is_s3 and endpoint_url else ""
+        hint = " (or these credentials cannot see it)" if is_s3 else ""
+        raise BucketNotFoundError(
+            f"bucket {fs.unstrip_protocol(container)!r}{where} does not exist{hint}; "
+            "create it or point SEMCLIP_BUCKET at an existing one"
+        )
+    if is_s3:
+        fs.mkdir(container)
+    else:
+        fs.makedirs(container, exist_ok=True)
+    return Bucket(fs, root)
+
+
+def find_files(fs: AbstractFileSystem, folder: str) -> list[str]:
+    """Sorted file paths below ``folder`` (fresh listing; missing folder → empty)."""
+    fs.invalidate_cache()
+    try:
+        paths = fs.find(folder)
+    except FileNotFoundError:
+        return []
+    inside = folder.rstrip("/") + "/"
+    return sorted(p for p in paths if p.startswith(inside))
+
+
+def file_suffix(path: str) -> str:
+    """Lower-case suffix of a path (``.tif``), what file types are told apart by."""
+    return PurePosixPath(path).suffix.lower()

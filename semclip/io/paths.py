@@ -1,0 +1,44 @@
+"""The ``raw/<date>/`` layout: a date's images, and the lot/wafer/defect ids in their paths."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+from fsspec import AbstractFileSystem
+
+from semclip.io.bucket import file_suffix, find_files
+
+__all__ = ["ID_FIELDS", "IMAGE_SUFFIXES", "date_prefix", "list_raw_images", "parse_ids"]
+
+
+IMAGE_SUFFIXES = frozenset({".png", ".tif", ".tiff", ".jpg", ".jpeg"})
+ID_FIELDS = ("lot_id", "wafer_id", "defect_id")
+
+
+def date_prefix(fs: AbstractFileSystem, root: str, run_date: dt.date) -> str:
+    """URI of ``raw/<date>/`` with a trailing slash: what :func:`parse_ids` strips."""
+    return fs.unstrip_protocol(f"{root}/raw/{run_date.isoformat()}") + "/"
+
+
+def list_raw_images(fs: AbstractFileSystem, root: str, run_date: dt.date) -> list[str]:
+    """Sorted URIs of the images under ``raw/<date>/`` (and only that date), any depth."""
+    folder = f"{root}/raw/{run_date.isoformat()}"
+    paths = find_files(fs, folder)
+    return [fs.unstrip_protocol(p) for p in paths if file_suffix(p) in IMAGE_SUFFIXES]
+
+
+def parse_ids(
+    uri: str, regex: str | re.Pattern[str], date_prefix: str = ""
+) -> dict[str, str | None]:
+    """``lot_id``, ``wafer_id``, ``defect_id`` from the path of ``uri`` below ``date_prefix``.
+
+    The regex is *searched*, so a pattern anchored with ``$`` matches the last folders of a
+    deeper layout. A group the regex lacks, or a path it does not match, gives ``None``.
+    """
+    pattern = re.compile(regex) if isinstance(regex, str) else regex
+    prefix = date_prefix.rstrip("/") + "/" if date_prefix else ""
+    relative = uri[len(prefix) :] if prefix and uri.startswith(prefix) else uri
+    match = pattern.search(relative)
+    groups = match.groupdict() if match else {}
+    return {name: groups.get(name) or None for name in ID_FIELDS}
