@@ -40,7 +40,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="share of defect pixels a defect tile needs (0.03)",
     )
     neu.add_argument("--limit", type=int, default=None, help="source images per split at most")
-    neu.set_defaults(func=_run_neu)
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    return {"neu-seg": _run_neu}[args.format](args)
 
 
 def _run_neu(args: argparse.Namespace) -> int:
