@@ -17,7 +17,12 @@ from semclip.cli.common import add_backbone_options, backbone_from
 from semclip.config import FitConfig
 from semclip.data import DatabarCrop, Dataset, load_dataset
 from semclip.eval import ORDER, EvalConfig, resolve_methods, run_evaluation, write_report
-from semclip.pretrain.overlap import seen_overlap
+from semclip.pretrain.overlap import (
+    UNLABELED_IMAGES,
+    seen_overlap,
+    transductive_note,
+    unlabeled_overlap,
+)
 from semclip.prompts import load_prompts
 
 log = logging.getLogger(__name__)
@@ -128,11 +133,30 @@ def check_pretrain_overlap(backbone: str, dataset: Dataset, *, allow: bool) -> N
     log.warning("PRETRAINING OVERLAP: %s; the figures overstate few-shot quality", message)
 
 
+def transductive_overlap(backbone: str, dataset: Dataset) -> dict[str, int] | None:
+    """How many images of the data set the backbone adapted on without labels (allowed).
+
+    Transductive adaptation (self-distillation on the very images later predicted) is
+    legitimate for a nightly batch, but the report must say so. None when the backbone has no
+    `unlabeled_images.txt`.
+    """
+    if not backbone.startswith(LOCAL_DIR_PREFIX):
+        return None
+    folder = backbone[len(LOCAL_DIR_PREFIX) :]
+    if not (Path(folder).expanduser() / UNLABELED_IMAGES).is_file():
+        return None
+    seen = unlabeled_overlap(folder, (s.image for s in dataset.samples))
+    return {"seen": len(seen), "images": len(dataset)}
+
+
 def run(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         raise ValueError("--seeds must be >= 1")
     dataset = load_dataset(args.data)
     check_pretrain_overlap(args.backbone, dataset, allow=args.allow_pretrain_overlap)
+    transductive = transductive_overlap(args.backbone, dataset)
+    if transductive is not None:
+        log.warning(transductive_note(transductive["seen"], transductive["images"]))
     backbone = backbone_from(args)
     config = EvalConfig(
         shots=args.shots,
@@ -153,6 +177,9 @@ def run(args: argparse.Namespace) -> int:
             cache_dir=args.cache_dir,
             progress=progress,
         )
+    if transductive is not None:
+        result.transductive = transductive
+        result.notes.append(transductive_note(transductive["seen"], transductive["images"]))
     path = write_report(result, args.out)
     for line in result.plan.skipped:
         print(f"skipped: {line}")

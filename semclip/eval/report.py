@@ -53,6 +53,8 @@ def records(result: EvalResult) -> list[dict[str, Any]]:
             "iauroc_max_s": run.metrics["iauroc_max_s"],
             "n_support": run.n_support,
             "n_test": run.n_test,
+            # transductive: data set images in the backbone's unlabelled adaptation set
+            "transductive_images": (result.transductive or {}).get("seen"),
         }
         for run in result.runs
     ]

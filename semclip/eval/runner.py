@@ -65,6 +65,9 @@ class EvalResult:
     seconds: float
     showcase: tuple[str, int, int] | None = None  # (method, k, seed) of the overlay grid
     notes: list[str] = field(default_factory=list)
+    # Images of the data set the backbone adapted on without labels (`unlabeled_images.txt`):
+    # {"seen": N, "images": M}; None when the backbone lists none.
+    transductive: dict[str, int] | None = None
 
 
 def default_cache_dir() -> Path:

@@ -29,13 +29,15 @@ def augment_batch(
     size: int,
     config: AugmentConfig,
     gen: torch.Generator,
+    max_crop_area: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Augment stored images (B, R, R) in [0, 1] and mask coverage (B, R, R) in [0, 1].
 
-    Returns ((B, size, size) gray in [0, 1], (B, size, size) coverage). Tensors may live on any
-    device; the random draws do not.
+    Crops cover [config.min_crop_area, max_crop_area] of the image (below 1: the small local
+    crops of self-distillation). Returns ((B, size, size) gray in [0, 1], (B, size, size)
+    coverage). Tensors may live on any device; the random draws do not.
     """
-    theta = _random_affine(images.shape[0], config, gen).to(images.device)  # (B, 2, 3)
+    theta = _random_affine(images.shape[0], config, gen, max_crop_area).to(images.device)
     grid = F.affine_grid(theta, [images.shape[0], 1, size, size], align_corners=False)
     both = torch.stack([images, cover], dim=1).float()  # (B, 2, R, R)
     warped = F.grid_sample(both, grid, mode="bilinear", padding_mode="border", align_corners=False)
@@ -43,10 +45,12 @@ def augment_batch(
     return _photometric(image, config, gen).clamp(0.0, 1.0), mask.clamp(0.0, 1.0)
 
 
-def _random_affine(n: int, config: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
+def _random_affine(
+    n: int, config: AugmentConfig, gen: torch.Generator, max_area: float = 1.0
+) -> torch.Tensor:
     """(n, 2, 3) grids: output [-1, 1]² → a random square window of the input, maybe rotated."""
     u = torch.rand(n, 4, generator=gen)
-    side = torch.sqrt(config.min_crop_area + (1 - config.min_crop_area) * u[:, 0])  # (n,)
+    side = torch.sqrt(config.min_crop_area + (max_area - config.min_crop_area) * u[:, 0])  # (n,)
     offset = (1 - side)[:, None] * (2 * u[:, 1:3] - 1)  # (n, 2) window centre, inside image
     which = (u[:, 3] * 8).long().clamp(max=7) if config.dihedral else torch.zeros(n, dtype=int)
     theta = torch.zeros(n, 2, 3)

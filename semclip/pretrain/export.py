@@ -29,27 +29,38 @@ from semclip.backbone import (
 )
 from semclip.pretrain.archive import Archive
 from semclip.pretrain.config import PretrainConfig
-from semclip.pretrain.overlap import SEEN_IMAGES, write_seen_images
+from semclip.pretrain.overlap import SEEN_IMAGES, UNLABELED_IMAGES, write_seen_images
 from semclip.pretrain.towers import Towers
+from semclip.pretrain.unlabeled import UnlabeledSet
 
 log = logging.getLogger(__name__)
 
 MODEL_CARD = "MODEL_CARD.md"
 RECORD = "pretrain.json"
 LOSS_CURVE = "loss_curve.png"
+COLLAPSE_REPORT = "COLLAPSED.md"  # in the work folder of an SSL run stopped for collapse
 
 
 def export_backbone(
     out_dir: Path,
     towers: Towers,
-    archive: Archive,
+    archive: Archive | None,
     config: PretrainConfig,
     state: dict[str, Any],
-    zero_shot: dict[str, Any],
-    split_counts: dict[str, dict[str, int]],
+    zero_shot: dict[str, Any] | None,
+    split_counts: dict[str, dict[str, int]] | None,
     device: str,
+    *,
+    unlabeled: UnlabeledSet | None = None,
+    probe: dict[str, Any] | None = None,
+    inherited: dict[str, set[str]] | None = None,
+    zero_shot_source: str = "the labelled archive's held-out split",
 ) -> Path:
-    """Write the backbone folder (replacing an older one at `out_dir`); returns its path."""
+    """Write the backbone folder (replacing an older one at `out_dir`); returns its path.
+
+    `seen_images.txt` lists the labelled archive's images, `unlabeled_images.txt` (SSL runs)
+    the unlabelled ones; both include what the starting weights' folder listed (`inherited`).
+    """
     out_dir = out_dir.resolve()
     tmp = out_dir.with_name(f".{out_dir.name}.partial")
     if tmp.exists():
@@ -58,8 +69,17 @@ def export_backbone(
         towers.model, towers.tokenizer, config.model, None, towers.model_cfg, towers.preprocess_cfg
     )
     weights_sha = save_backbone_dir(backbone, tmp)
-    write_seen_images(tmp, (item.sha256 for item in archive.items))
+    inherited = inherited or {}
+    labelled = {item.sha256 for item in archive.items} if archive is not None else set()
+    write_seen_images(tmp, labelled | inherited.get(SEEN_IMAGES, set()))
+    used = {image.sha256 for image in unlabeled.images} if unlabeled is not None else set()
+    if used or inherited.get(UNLABELED_IMAGES):
+        write_seen_images(tmp, used | inherited.get(UNLABELED_IMAGES, set()), UNLABELED_IMAGES)
     record = _record(out_dir, towers, archive, config, state, zero_shot, split_counts, device)
+    record["zero_shot"]["source"] = zero_shot_source
+    record["probe"] = probe
+    record["inherited"] = {name: len(v) for name, v in inherited.items()}
+    record["ssl"] = ssl_record(unlabeled, state, config) if unlabeled is not None else None
     record["weights_sha256"] = weights_sha
     (tmp / RECORD).write_text(json.dumps(record, indent=2) + "\n")
     plot_losses(state["history"], tmp / LOSS_CURVE, config.batch_size)
@@ -93,7 +113,9 @@ def _record(
         "init": towers.init,
         "model_cfg": towers.model_cfg,
         "config": config.to_dict(),
-        "data": {
+        "data": None
+        if archive is None
+        else {
             "source": archive.source,
             "classes": list(archive.classes),
             "excluded_classes": list(archive.excluded),
@@ -125,44 +147,119 @@ def _record(
     }
 
 
+def ssl_record(
+    unlabeled: UnlabeledSet, state: dict[str, Any], config: PretrainConfig
+) -> dict[str, Any]:
+    """The self-distillation facts of the card: unlabelled data, skips, indicators, collapse."""
+    history = state["history"]
+    keys = (
+        "loss_ssl_cls",
+        "loss_ssl_patch",
+        "teacher_entropy",
+        "teacher_marginal_entropy",
+        "patch_entropy",
+        "patch_std",
+    )
+
+    def pick(entry: dict[str, float] | None) -> dict[str, float] | None:
+        return {k: entry[k] for k in keys if k in entry} if entry else None
+
+    return {
+        "source": unlabeled.source,
+        "images_used": len(unlabeled),
+        "skipped": unlabeled.skipped,
+        "skipped_total": sum(unlabeled.skipped.values()),
+        "skipped_examples": unlabeled.skipped_examples,
+        "unlabeled_images": UNLABELED_IMAGES,
+        "mode": "ssl only" if config.ssl_only else "mixed with the labelled archive",
+        "first": pick(history[0] if history else None),
+        "last": pick(history[-1] if history else None),
+        "reference_patch_std": state.get("reference_std"),
+        "collapsed": state.get("collapsed"),
+    }
+
+
+def write_collapse_report(
+    work: Path,
+    config: PretrainConfig,
+    state: dict[str, Any],
+    unlabeled: UnlabeledSet | None,
+    init: str,
+) -> Path:
+    """A stopped-for-collapse run's card, in the work folder (no backbone is written)."""
+    lines = [
+        "# Self-distillation COLLAPSED: no backbone written",
+        "",
+        f"- init: {init}; stopped at step {state['step']}/{config.steps}",
+        f"- why: {state['collapsed']}",
+    ]
+    if unlabeled is not None:
+        rec = ssl_record(unlabeled, state, config)
+        lines += [
+            f"- unlabelled: {rec['images_used']} images from `{rec['source']['uri']}` "
+            f"(dates {rec['source']['dates'] or 'all'}), skipped {rec['skipped_total']}",
+            f"- indicators at the start: {rec['first']}",
+            f"- indicators at the stop: {rec['last']}",
+        ]
+    lines += [
+        "",
+        "Change the recipe (lower --lr, a higher teacher temperature, more prototypes) and "
+        "rerun with --restart.",
+        "",
+    ]
+    path = work / COLLAPSE_REPORT
+    path.write_text("\n".join(lines))
+    (work / RECORD).write_text(json.dumps({"config": config.to_dict(), "state": state}) + "\n")
+    return path
+
+
 def plot_losses(history: list[dict[str, float]], path: Path, batch_size: int) -> None:
-    """Both losses per logged window, with the contrastive chance level ln(B) and its floor."""
+    """Losses per logged window: contrastive (with chance ln(B) and floor), dense, and SSL."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     steps = [h["step"] for h in history]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
-    clip_ax, dense_ax = axes
-    clip_ax.plot(steps, [h["loss_clip"] for h in history], label="contrastive")
-    clip_ax.axhline(math.log(batch_size), color="grey", ls="--", label="chance ln(B)")
-    clip_ax.plot(steps, [h["clip_floor"] for h in history], color="grey", ls=":", label="floor")
-    clip_ax.set(xlabel="step", ylabel="loss", title="multi-positive CLIP loss")
-    clip_ax.legend()
-    dense_ax.plot(steps, [h["loss_dense"] for h in history], color="C1", label="final layer")
-    if any(h.get("loss_vv", 0) for h in history):
-        dense_ax.plot(steps, [h["loss_vv"] for h in history], color="C2", label="V-V stages")
-    dense_ax.set(xlabel="step", ylabel="loss", title="dense alignment loss")
-    dense_ax.legend()
+    labelled = bool(history) and "loss_clip" in history[0]
+    ssl = bool(history) and "loss_ssl_cls" in history[0]
+    panels = 2 * labelled + 2 * ssl
+    fig, axes = plt.subplots(1, max(panels, 1), figsize=(5 * max(panels, 1), 3.6), squeeze=False)
+    axes = list(axes[0])
+    if labelled:
+        clip_ax, dense_ax = axes.pop(0), axes.pop(0)
+        clip_ax.plot(steps, [h["loss_clip"] for h in history], label="contrastive")
+        clip_ax.axhline(math.log(batch_size), color="grey", ls="--", label="chance ln(B)")
+        clip_ax.plot(steps, [h["clip_floor"] for h in history], color="grey", ls=":", label="floor")
+        clip_ax.set(xlabel="step", ylabel="loss", title="multi-positive CLIP loss")
+        clip_ax.legend()
+        dense_ax.plot(steps, [h["loss_dense"] for h in history], color="C1", label="final layer")
+        if any(h.get("loss_vv", 0) for h in history):
+            dense_ax.plot(steps, [h["loss_vv"] for h in history], color="C2", label="V-V stages")
+        dense_ax.set(xlabel="step", ylabel="loss", title="dense alignment loss")
+        dense_ax.legend()
+    if ssl:
+        loss_ax, ind_ax = axes.pop(0), axes.pop(0)
+        loss_ax.plot(steps, [h["loss_ssl_cls"] for h in history], label="[CLS] (DINO)")
+        loss_ax.plot(steps, [h["loss_ssl_patch"] for h in history], label="masked patches (iBOT)")
+        loss_ax.set(xlabel="step", ylabel="loss", title="self-distillation")
+        loss_ax.legend()
+        for key, label in (
+            ("teacher_entropy", "teacher entropy / log K"),
+            ("teacher_marginal_entropy", "batch-mean entropy / log K"),
+            ("patch_entropy", "patch entropy / log K"),
+        ):
+            ind_ax.plot(steps, [h[key] for h in history], label=label)
+        ind_ax.set(xlabel="step", ylim=(0, 1.05), title="collapse indicators")
+        ind_ax.legend(fontsize=7)
+    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def model_card(record: dict[str, Any]) -> str:
     """The MODEL_CARD.md text: what it is, what it saw, how it trained, how well, how to load."""
-    data, train, zs, cfg = record["data"], record["training"], record["zero_shot"], record["config"]
-    source = data["source"]
-    if source.get("kind") == "synthetic":
-        origin = (
-            f"synthetic SEM archive (semclip.synth), seed {source.get('seed')}, "
-            f"{source.get('size')} px, pattern families {', '.join(source.get('patterns', []))}"
-            f", in `{source.get('folder')}`"
-        )
-    else:
-        origin = f"manifest folder `{source.get('folder')}`"
-    excluded = ", ".join(data["excluded_classes"]) or "none"
-    first, last = train["first"] or {}, train["last"] or {}
+    train, zs, cfg = record["training"], record["zero_shot"], record["config"]
     lines = [
         f"# {record['name']}",
         "",
@@ -185,46 +282,27 @@ def model_card(record: dict[str, Any]) -> str:
         "",
         "## Data",
         "",
-        f"- {origin}",
-        f"- {data['images']} images, classes: {', '.join(data['classes'])}; "
-        f"excluded classes: {excluded}",
-        f"- train per class: {_counts(data['train'])}",
-        f"- validation per class (held out, zero-shot only): {_counts(data['val'])}",
-        f"- `{data['seen_images']}`: sha256 of every archive image file (train and validation); "
-        "evaluation must not test on these",
-        "",
+        *_data_lines(record),
+        *_ssl_lines(record),
         "## Training",
         "",
         f"- {train['steps']} steps x batch {cfg['batch_size']} = {train['images_seen']} images, "
         f"lr {cfg['lr']} (warmup {cfg['warmup_steps']}, cosine), weight decay "
         f"{cfg['weight_decay']}, grad clip {cfg['grad_clip']}, seed {cfg['seed']}",
-        f"- losses: multi-positive CLIP x{cfg['contrastive_weight']} + dense alignment "
-        f"x{cfg['dense_weight']} (final layer) + x{cfg['vv_dense_weight']} (V-V stage tokens); "
-        "captions from the prompt library (templates x states), metadata words where the "
-        "manifest has them",
+        *_loss_lines(record),
         f"- locks: text tower {'locked' if cfg['lock_text'] else 'trained'}, first "
         f"{cfg['lock_image_layers']} vision layers locked, token embedding "
-        f"{'trained' if cfg['train_token_embedding'] else 'frozen'}",
+        f"{'trained' if cfg['train_token_embedding'] else 'frozen'}"
+        + ("; ln_post, proj and logit scale frozen (SSL only)" if cfg.get("ssl_only") else ""),
         f"- {train['train_seconds']} s of training on {train['device']} "
         f"({train['torch_threads']} threads), {train['images_per_s']} images/s",
-        f"- contrastive loss {_f(first.get('loss_clip'))} → {_f(last.get('loss_clip'))} "
-        f"(chance ln(B) = {_f(train['chance_clip_loss'])}, floor {_f(last.get('clip_floor'))}); "
-        f"dense loss {_f(first.get('loss_dense'))} → {_f(last.get('loss_dense'))}, V-V "
-        f"{_f(first.get('loss_vv'))} → {_f(last.get('loss_vv'))}",
         "",
         f"![loss curve]({LOSS_CURVE})",
         "",
-        "## Zero-shot on the validation split",
+        f"## Zero-shot: {zs.get('source', 'the validation split')}",
         "",
-        "| | accuracy | patch AUROC |",
-        "|---|---|---|",
-        f"| before pretraining | {_f((zs['before'] or {}).get('accuracy'))} | "
-        f"{_f((zs['before'] or {}).get('patch_auroc'))} |",
-        f"| after pretraining | {_f(zs['after'].get('accuracy'))} | "
-        f"{_f(zs['after'].get('patch_auroc'))} |",
-        "",
-        f"Per-class accuracy after: {_counts(zs['after'].get('per_class_accuracy', {}))}",
-        "",
+        *_zero_shot_lines(zs),
+        *_probe_lines(record.get("probe")),
         "## Limits",
         "",
         "Trained on the data above only. A backbone pretrained on synthetic images measures the "
@@ -234,9 +312,149 @@ def model_card(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _data_lines(record: dict[str, Any]) -> list[str]:
+    data = record["data"]
+    inherited = record.get("inherited") or {}
+    carried = (
+        [
+            f"- inherited from the starting weights' folder: {inherited.get(SEEN_IMAGES, 0)} "
+            f"labelled and {inherited.get(UNLABELED_IMAGES, 0)} unlabelled image hashes "
+            "(kept in the lists below)"
+        ]
+        if any(inherited.values())
+        else []
+    )
+    if data is None:
+        return [
+            "- no labelled data: self-distillation on unlabelled images only (below)",
+            f"- `{SEEN_IMAGES}`: the labelled images behind the starting weights, if known",
+            *carried,
+            "",
+        ]
+    source = data["source"]
+    if source.get("kind") == "synthetic":
+        origin = (
+            f"synthetic SEM archive (semclip.synth), seed {source.get('seed')}, "
+            f"{source.get('size')} px, pattern families {', '.join(source.get('patterns', []))}"
+            f", in `{source.get('folder')}`"
+        )
+    else:
+        origin = f"manifest folder `{source.get('folder')}`"
+    excluded = ", ".join(data["excluded_classes"]) or "none"
+    return [
+        f"- {origin}",
+        f"- {data['images']} images, classes: {', '.join(data['classes'])}; "
+        f"excluded classes: {excluded}",
+        f"- train per class: {_counts(data['train'])}",
+        f"- validation per class (held out, zero-shot only): {_counts(data['val'])}",
+        f"- `{data['seen_images']}`: sha256 of every archive image file (train and validation); "
+        "evaluation must not test on these",
+        *carried,
+        "",
+    ]
+
+
+def _ssl_lines(record: dict[str, Any]) -> list[str]:
+    ssl = record.get("ssl")
+    if not ssl:
+        return []
+    cfg = record["config"]["ssl"]
+    src = ssl["source"]
+    skipped = ", ".join(f"{k} {v}" for k, v in ssl["skipped"].items()) or "none"
+    first, last = ssl["first"] or {}, ssl["last"] or {}
+    lines = [
+        "## Unlabelled adaptation (self-distillation)",
+        "",
+        f"- source: `{src['uri']}` ({src['kind']}), dates: {src['dates'] or 'all'}; "
+        f"{src.get('files_listed')} image files listed",
+        f"- {ssl['images_used']} unlabelled images used; {ssl['skipped_total']} skipped "
+        f"({skipped})",
+        *[f"  - skipped: {e}" for e in ssl["skipped_examples"]],
+        f"- `{ssl['unlabeled_images']}`: sha256 of every unlabelled image used; evaluation on "
+        "these is transductive (allowed, and reported by `semclip eval`)",
+        f"- mode: {ssl['mode']}; objective: iBOT-style self-distillation, EMA teacher "
+        f"(momentum {cfg['momentum_start']} → {cfg['momentum_end']}), K = {cfg['prototypes']} "
+        f"prototypes, teacher temperature {cfg['teacher_temp_start']} → {cfg['teacher_temp']}, "
+        f"student {cfg['student_temp']}; [CLS] term on 2 global views + {cfg['local_crops']} "
+        f"local crops (x{cfg['cls_weight']}), masked-patch term ({cfg['mask_ratio_min']}-"
+        f"{cfg['mask_ratio_max']} of the patches of {cfg['mask_prob']} of the views, "
+        f"x{cfg['patch_weight']}); SSL weight {cfg['weight']}",
+        f"- exported trunk: {'EMA teacher' if cfg['export_teacher'] else 'student'}",
+        f"- SSL losses: [CLS] {_f(first.get('loss_ssl_cls'))} → {_f(last.get('loss_ssl_cls'))}, "
+        f"patch {_f(first.get('loss_ssl_patch'))} → {_f(last.get('loss_ssl_patch'))}",
+        f"- collapse indicators (first → last): teacher entropy "
+        f"{_f(first.get('teacher_entropy'))} → {_f(last.get('teacher_entropy'))} x log K, "
+        f"batch-mean entropy {_f(first.get('teacher_marginal_entropy'))} → "
+        f"{_f(last.get('teacher_marginal_entropy'))} x log K, patch feature std "
+        f"{_f4(first.get('patch_std'))} → {_f4(last.get('patch_std'))}; "
+        + (f"**COLLAPSED: {ssl['collapsed']}**" if ssl["collapsed"] else "no collapse detected"),
+        "",
+    ]
+    return lines
+
+
+def _loss_lines(record: dict[str, Any]) -> list[str]:
+    train, cfg = record["training"], record["config"]
+    if record["data"] is None:
+        return ["- losses: self-distillation only (see above)"]
+    first, last = train["first"] or {}, train["last"] or {}
+    return [
+        f"- losses: multi-positive CLIP x{cfg['contrastive_weight']} + dense alignment "
+        f"x{cfg['dense_weight']} (final layer) + x{cfg['vv_dense_weight']} (V-V stage tokens); "
+        "captions from the prompt library (templates x states), metadata words where the "
+        "manifest has them" + (" ; plus the self-distillation term" if record.get("ssl") else ""),
+        f"- contrastive loss {_f(first.get('loss_clip'))} → {_f(last.get('loss_clip'))} "
+        f"(chance ln(B) = {_f(train['chance_clip_loss'])}, floor {_f(last.get('clip_floor'))}); "
+        f"dense loss {_f(first.get('loss_dense'))} → {_f(last.get('loss_dense'))}, V-V "
+        f"{_f(first.get('loss_vv'))} → {_f(last.get('loss_vv'))}",
+    ]
+
+
+def _zero_shot_lines(zs: dict[str, Any]) -> list[str]:
+    before, after = zs.get("before"), zs.get("after")
+    if after is None:
+        return ["Not measured: no labelled images (pass --data or --zeroshot-data).", ""]
+    before = before or {}
+    return [
+        "| | accuracy | patch AUROC |",
+        "|---|---|---|",
+        f"| before pretraining | {_f(before.get('accuracy'))} | {_f(before.get('patch_auroc'))} |",
+        f"| after pretraining | {_f(after.get('accuracy'))} | {_f(after.get('patch_auroc'))} |",
+        "",
+        f"Per-class accuracy after: {_counts(after.get('per_class_accuracy', {}))}",
+        "",
+    ]
+
+
+def _probe_lines(probe: dict[str, Any] | None) -> list[str]:
+    if not probe:
+        return []
+    before, after = probe.get("before") or {}, probe.get("after") or {}
+    rows = (
+        ("kNN patch AUROC (final layer)", "knn_patch_auroc"),
+        ("kNN patch AUROC (V-V stages)", "knn_patch_auroc_vv"),
+        ("[CLS] linear probe accuracy", "cls_linear_accuracy"),
+    )
+    return [
+        "## Feature probes",
+        "",
+        f"Good support patches of {after.get('n_support')} images; {after.get('n_test')} test "
+        "images (kNN: 1 − max cosine to the bank; probe: logistic regression, half per class).",
+        "",
+        "| | before | after |",
+        "|---|---|---|",
+        *[f"| {name} | {_f(before.get(k))} | {_f(after.get(k))} |" for name, k in rows],
+        "",
+    ]
+
+
 def _counts(counts: dict[str, Any]) -> str:
     return ", ".join(f"{k} {_f(v) if isinstance(v, float) else v}" for k, v in counts.items())
 
 
 def _f(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
+
+
+def _f4(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"

@@ -19,6 +19,7 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
+from fsspec import AbstractFileSystem
 from tqdm import tqdm
 
 from semclip.data.dataset import MANIFEST
@@ -73,22 +74,40 @@ def mirror_archive(
             + _enumerate(missing)
         )
     out = Path(dest)
-    out.mkdir(parents=True, exist_ok=True)
-    todo = [rel for rel in wanted if _stale(out / rel, listing[rel])]
-    log.info("mirroring %s: %d files, %d to fetch into %s", where, len(wanted), len(todo), out)
-    with tqdm(total=len(todo), unit="file", desc="fetch archive", disable=not progress) as bar:
-        for start in range(0, len(todo), FETCH_CHUNK):
-            chunk = todo[start : start + FETCH_CHUNK]
-            for rel in chunk:
-                (out / rel).parent.mkdir(parents=True, exist_ok=True)
-            fs.get([f"{root}/{rel}" for rel in chunk], [str(out / rel) for rel in chunk])
-            bar.update(len(chunk))
+    fetch_changed(fs, root, {rel: listing[rel] for rel in wanted}, out, progress=progress)
     for name in SIDECARS:
         if name in listing:
             (out / name).write_bytes(fs.cat_file(f"{root}/{name}"))
     (out / MANIFEST).write_bytes(manifest)
     (out / MIRROR_META).write_text(json.dumps({"url": where}) + "\n")
     return out
+
+
+def fetch_changed(
+    fs: AbstractFileSystem,
+    root: str,
+    files: dict[str, int],
+    out: Path,
+    *,
+    progress: bool = True,
+    desc: str = "fetch archive",
+) -> int:
+    """Copy `root/rel` to `out/rel` for each rel (→ size in the store) that is missing or stale.
+
+    Returns how many files were fetched; chunks of FETCH_CHUNK per `get` (s3fs parallelises).
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    todo = [rel for rel, size in files.items() if _stale(out / rel, size)]
+    where = fs.unstrip_protocol(root)
+    log.info("mirroring %s: %d files, %d to fetch into %s", where, len(files), len(todo), out)
+    with tqdm(total=len(todo), unit="file", desc=desc, disable=not progress) as bar:
+        for start in range(0, len(todo), FETCH_CHUNK):
+            chunk = todo[start : start + FETCH_CHUNK]
+            for rel in chunk:
+                (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            fs.get([f"{root}/{rel}" for rel in chunk], [str(out / rel) for rel in chunk])
+            bar.update(len(chunk))
+    return len(todo)
 
 
 def _referenced_files(text: str, where: str) -> list[str]:

@@ -72,11 +72,20 @@ def create_towers(config: PretrainConfig) -> Towers:
 
 
 def apply_locks(model: open_clip.CLIP, config: PretrainConfig) -> None:
-    """Freeze what the recipe keeps fixed: text tower, early vision layers, token table."""
+    """Freeze what the recipe keeps fixed: text tower, early vision layers, token table.
+
+    SSL-only runs (`--unlabeled` without `--data`) also freeze ln_post, proj and the logit
+    scale: nothing but the labelled terms may move the image-text space.
+    """
     if config.lock_text:
         model.lock_text_tower()
     if not config.train_token_embedding:
         model.token_embedding.requires_grad_(False)
+    if config.ssl_only:  # no labelled term: keep the projection into the text space as it was
+        model.visual.ln_post.requires_grad_(False)
+        if isinstance(model.visual.proj, nn.Parameter):
+            model.visual.proj.requires_grad_(False)
+        model.logit_scale.requires_grad_(False)
     n = config.lock_image_layers
     if n > 0:
         visual = model.visual
@@ -89,9 +98,16 @@ def apply_locks(model: open_clip.CLIP, config: PretrainConfig) -> None:
         visual.positional_embedding.requires_grad_(False)
 
 
-def build_optimizer(model: nn.Module, config: PretrainConfig) -> torch.optim.AdamW:
+def build_optimizer(
+    model: nn.Module,
+    config: PretrainConfig,
+    extra: list[nn.Parameter] | None = None,
+    extra_lr_scale: float = 1.0,
+) -> torch.optim.AdamW:
     """AdamW as open_clip trains: weight decay on matrices only, betas (0.9, 0.98).
 
+    `extra` (the SSL heads and mask token) form a third group without weight decay whose
+    learning rate is `extra_lr_scale` times the schedule's (the group's "lr_scale").
     The fused kernel: the per-parameter loop took 15 % of a CPU step for this small model.
     """
     decay, no_decay = [], []
@@ -104,6 +120,8 @@ def build_optimizer(model: nn.Module, config: PretrainConfig) -> torch.optim.Ada
         {"params": decay, "weight_decay": config.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+    if extra:
+        groups.append({"params": extra, "weight_decay": 0.0, "lr_scale": extra_lr_scale})
     return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.98), eps=1e-6, fused=True)
 
 
