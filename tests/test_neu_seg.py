@@ -60,3 +60,13 @@ def test_cli_names_a_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixtur
     code = main(["convert", "neu-seg", str(tmp_path / "nope"), str(tmp_path / "out")])
     assert code == 2
     assert "no NEU-Seg images under" in capsys.readouterr().err
+
+
+def test_limit_takes_an_evenly_spaced_subset(tmp_path: Path) -> None:
+    """NEU-Seg numbers images class by class: a cap must not keep only the first class."""
+    for i in range(4):
+        labels = np.zeros((200, 200), np.uint8)
+        labels[:100, :100] = 1 + i // 2  # images 0, 1: inclusion; 2, 3: patches
+        _neu(tmp_path / "neu", "test", f"{i:06d}", labels)
+    counts = convert_neu_seg(tmp_path / "neu", tmp_path / "out", splits=("test",), limit=2)
+    assert counts["inclusion"] == 1 and counts["patches"] == 1

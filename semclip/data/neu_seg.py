@@ -54,7 +54,9 @@ def convert_neu_seg(
 ) -> Counter[str]:
     """Write `out/manifest.csv` with tiles of NEU-Seg's `splits`; returns the count per label.
 
-    `limit` caps the source images read per split (sorted by name), for quick studies.
+    `limit` caps the source images read per split, for quick studies: an evenly spaced
+    subset of the sorted names (NEU-Seg numbers its images class by class, so the first N
+    would all be one class).
     """
     tiling = tiling or NeuTiling()
     source, out = Path(source), Path(out)
@@ -62,7 +64,9 @@ def convert_neu_seg(
     (out / "masks").mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, str]] = []
     for split in splits:
-        images = sorted((source / "images" / split).glob("*.jpg"))[:limit]
+        images = sorted((source / "images" / split).glob("*.jpg"))
+        if limit is not None and len(images) > limit:
+            images = [images[i * len(images) // limit] for i in range(limit)]
         if not images:
             raise FileNotFoundError(f"no NEU-Seg images under {source / 'images' / split}")
         for path in images:
