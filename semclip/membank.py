@@ -85,19 +85,21 @@ class PatchMemoryBank(nn.Module):
     ) -> torch.Tensor:
         """Mean cosine distance of every patch to its k nearest stored patches: (B, m, P)."""
         b, m, p, _ = patches.shape
-        q = F.normalize(patches.float(), dim=-1).transpose(0, 1).reshape(m, b * p, -1)
-        q_units = exclude.repeat_interleave(p) if exclude is not None else None
+        device = self.bank.device
+        q = F.normalize(patches.to(device).float(), dim=-1).transpose(0, 1).reshape(m, b * p, -1)
+        q_units = exclude.to(device).repeat_interleave(p) if exclude is not None else None
         out = torch.stack(
             [knn_distance(q[i], self.bank[i], self.k, q_units, self._units(i)) for i in range(m)]
         )  # (m, B·P)
-        return out.view(m, b, p).transpose(0, 1)
+        return out.view(m, b, p).transpose(0, 1).to(patches.device)
 
     def anomaly(self, patches: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
         """Patch anomaly in [0, 1): z / (1 + z) of the scaled distance, mean over stages (B, P).
 
         z = d / scale is 1 at the support's own leave-one-out quantile, where the map is 0.5.
         """
-        z = self.distances(patches, exclude) / self.scale[None, :, None]  # (B, m, P)
+        scale = self.scale.to(patches.device)[None, :, None]
+        z = self.distances(patches, exclude) / scale  # (B, m, P)
         return (z / (1.0 + z)).mean(dim=1)
 
     def patch_tokens(self, tokens: torch.Tensor, vv: torch.Tensor) -> torch.Tensor:
@@ -123,7 +125,7 @@ def knn_distance(
     for start in range(0, q.shape[0], chunk):
         sim = q[start : start + chunk] @ bank.T  # (c, M)
         if q_units is not None and bank_units is not None:
-            same = q_units[start : start + chunk, None].to(bank.device) == bank_units[None]
+            same = q_units[start : start + chunk, None] == bank_units[None]
             sim = sim.masked_fill(same, -2.0)  # distance 3: beyond any real neighbour
         top = sim.topk(k, dim=-1).values  # (c, k)
         out.append((1.0 - top).clamp_min(0.0).mean(dim=-1))

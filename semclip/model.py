@@ -169,7 +169,7 @@ class SemclipModel:
             tensors, text, good, config, proj, preprocess.image_size, device, clip_classes
         )
         model.heads = fit_heads(tensors, text, good, config, proj, device)
-        bank = build_membank(tensors, good, config) if config.membank else None
+        bank = build_membank(tensors, good, config, device) if config.membank else None
         model.membank = bank[0] if bank is not None else None
         if calibration.method == "default":
             tau = good_shot_tau(

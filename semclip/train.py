@@ -235,7 +235,7 @@ def calibrate(
         in_test = torch.isin(support.image_index, test_images)
         train = support.subset(~in_test)
         heads = fit_heads(train, text, good_index, config, proj_init, device)
-        bank = build_membank(train, good_index, config)[0] if config.membank else None
+        bank = build_membank(train, good_index, config, device)[0] if config.membank else None
         test = support.subset(in_test & (support.aug_index == 0))
         out = run_heads(heads, test.feats, probe, good_index, size, membank=bank)
         knn = out.membank_map if out.membank_map is not None else out.clip_map
@@ -283,7 +283,10 @@ def class_alphas(alpha: float, clip_classes: torch.Tensor | None) -> tuple[float
 
 
 def build_membank(
-    support: SupportTensors, good_index: int, config: FitConfig
+    support: SupportTensors,
+    good_index: int,
+    config: FitConfig,
+    device: torch.device | str = "cpu",
 ) -> tuple[PatchMemoryBank, torch.Tensor]:
     """Memory bank of the support's normal patches, and each entry's leave-one-out unit (N,).
 
@@ -301,9 +304,9 @@ def build_membank(
     units = support.image_index if len(contributing) > 1 else torch.arange(len(support.feats))
     tokens = support.feats.vv if config.membank_tokens == "vv" else support.feats.tokens
     bank = PatchMemoryBank.build(
-        tokens[:, :, 1:],
-        keep,
-        units,
+        tokens[:, :, 1:].to(device),
+        keep.to(device),
+        units.to(device),
         k=config.membank_k,
         max_patches=config.membank_max_patches,
         seed=config.seed,
