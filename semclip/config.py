@@ -40,6 +40,7 @@ class FitConfig:
     membank_tokens: MembankTokens = "vv"  # which patch tokens the memory bank stores
     membank_k: int = 1  # neighbours averaged for a patch's distance (cosine)
     membank_max_patches: int = 20000  # per stage; more are reduced by a greedy coreset
+    membank_augmented: bool = False  # also store the flipped/rotated copies' patches (8×)
     membank_weight: float = 0.5  # β in S = (1 − β) S_clip + β S_knn where it cannot be chosen
     generic_prompts: bool = False  # "w/o detailed prompt" ablation
     feature_batch_size: int = 0  # backbone batch; 0 = by device (16 CPU, by memory on CUDA)

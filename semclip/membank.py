@@ -20,6 +20,7 @@ LOO_QUANTILE = 0.99  # the support's normal variation: this quantile of leave-on
 QUERY_CHUNK_ELEMENTS = 2**24  # similarity entries per chunk (64 MB in fp32)
 MAX_LOO_QUERIES = 4096  # good patches per stage used to measure the leave-one-out scale
 COARSE_ROUNDS = 64  # a coreset is picked in this many rounds of farthest points
+CORESET_DIMS = 64  # random projection used to pick the coreset (PatchCore's speed-up)
 
 
 class PatchMemoryBank(nn.Module):
@@ -135,23 +136,29 @@ def knn_distance(
 def greedy_coreset(x: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
     """Indices of ≤ n rows of x (N, D) covering it (k-center greedy, PatchCore); all if N ≤ n.
 
-    Farthest points are taken `N / COARSE_ROUNDS`-at-a-time, so the cost is a few matmuls,
-    not n sequential steps; the first point is drawn with `gen` (deterministic for a seed).
+    As in PatchCore, distances are measured after a random projection to CORESET_DIMS (they
+    are preserved up to a small factor), and farthest points are taken `n / COARSE_ROUNDS` at
+    a time: the cost is a few thin matmuls, not n sequential steps. Deterministic for `gen`.
     """
     total = x.shape[0]
     if total <= n:
         return torch.arange(total, device=x.device)
+    if x.shape[1] > CORESET_DIMS:
+        proj = torch.randn(x.shape[1], CORESET_DIMS, generator=gen) / CORESET_DIMS**0.5
+        x = x @ proj.to(x.device, x.dtype)  # (N, CORESET_DIMS)
+    sq = (x * x).sum(dim=1)  # (N,)
     per_round = max(1, -(-n // COARSE_ROUNDS))
     first = int(torch.randint(total, (1,), generator=gen))
     chosen = [torch.tensor([first], device=x.device)]
-    min_dist = 1.0 - x @ x[first]  # (N,) cosine distance to the nearest chosen point
+    min_dist = sq + sq[first] - 2 * x @ x[first]  # (N,) squared distance to the chosen set
     picked = 1
     while picked < n:
         take = min(per_round, n - picked)
         new = min_dist.topk(take).indices
         chosen.append(new)
         picked += take
-        min_dist = torch.minimum(min_dist, (1.0 - x @ x[new].T).amin(dim=1))
+        dist = sq[:, None] + sq[new][None] - 2 * x @ x[new].T  # (N, take)
+        min_dist = torch.minimum(min_dist, dist.amin(dim=1))
         min_dist[new] = -1.0
     return torch.cat(chosen).sort().values
 

@@ -291,7 +291,8 @@ def build_membank(
     """Memory bank of the support's normal patches, and each entry's leave-one-out unit (N,).
 
     Normal patches: every patch of a good image, and the patches of a defect image with a mask
-    that neither touch the defect nor neighbour it (3×3). The unit left out when the bank
+    that neither touch the defect nor neighbour it (3×3); of the un-augmented entries unless
+    `membank_augmented` (8× the patches, mostly redundant). The unit left out when the bank
     measures its own scale is the support image; with a single contributing image, the entry
     (the augmentations of one image are then each other's reference).
     """
@@ -300,6 +301,8 @@ def build_membank(
     near_defect = F.max_pool2d(target, 3, stride=1, padding=1).flatten(1) > 0  # (N, P)
     keep = support.has_mask[:, None] & ~near_defect
     keep |= (support.labels == good_index)[:, None]
+    if not config.membank_augmented:
+        keep &= (support.aug_index == 0)[:, None]
     contributing = support.image_index[keep.any(dim=1)].unique()
     units = support.image_index if len(contributing) > 1 else torch.arange(len(support.feats))
     tokens = support.feats.vv if config.membank_tokens == "vv" else support.feats.tokens

@@ -266,6 +266,15 @@ def test_membank_coreset_caps_the_bank_per_stage() -> None:
     torch.testing.assert_close(bank.bank.norm(dim=-1), torch.ones(M, 50))
 
 
+def test_membank_stores_augmented_copies_only_when_asked() -> None:
+    support, _, _ = make_support()
+    support = replace(support, aug_index=torch.arange(len(support.feats)) % 2)  # half "flips"
+    normal = int((support.patch_target == 0).sum())  # upper bound on stored patches
+    plain, _ = build_membank(support, GOOD, replace(FAST, membank=True))
+    every, _ = build_membank(support, GOOD, replace(FAST, membank=True, membank_augmented=True))
+    assert plain.bank.shape[1] < every.bank.shape[1] <= normal
+
+
 def test_run_heads_fuses_the_bank_map_by_its_weight() -> None:
     support, text, proj = make_support()
     heads = fit_heads(support, text, GOOD, replace(FAST, max_steps=5, min_steps=5), proj, "cpu")
