@@ -3,6 +3,8 @@
 Layout:
     model.json          format version, classes, prompts, τ/α, preprocessing, configs, lineage
     heads.safetensors   transformation layers, classification head, class text prototypes T
+    membank.safetensors optional: the good shots' patch memory bank (bank, scale); model.json's
+                        "membank" says how to read it. Older models have neither.
     backbone/           open_clip `local-dir:` folder (config + weights), unless saved as a
                         pointer (name + tag/file + weights hash) with include_backbone=False
 """
@@ -30,6 +32,7 @@ from semclip.config import Calibration, FitConfig, PredictConfig
 from semclip.features import Preprocess
 from semclip.fingerprint import state_sha256
 from semclip.heads import SemclipHeads
+from semclip.membank import PatchMemoryBank
 from semclip.model import SemclipModel
 from semclip.prompts import PromptLibrary
 
@@ -39,6 +42,7 @@ FORMAT = "semclip-model"
 FORMAT_VERSION = 1  # bump on any change old code cannot read; add a reader for the old one
 MODEL_FILE = "model.json"
 HEADS_FILE = "heads.safetensors"
+MEMBANK_FILE = "membank.safetensors"
 BACKBONE_DIR = "backbone"
 
 
@@ -60,6 +64,13 @@ def save_model(
         {k: v.detach().cpu().contiguous() for k, v in model.heads.state_dict().items()},
         str(tmp / HEADS_FILE),
     )
+    membank_info = None
+    if model.membank is not None:
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in model.membank.state_dict().items()},
+            str(tmp / MEMBANK_FILE),
+        )
+        membank_info = {"file": MEMBANK_FILE, "k": model.membank.k, "source": model.membank.source}
     backbone_info = _backbone_info(model.backbone)
     if include_backbone:
         backbone_info["weights_sha256"] = save_backbone_dir(model.backbone, tmp / BACKBONE_DIR)
@@ -84,6 +95,8 @@ def save_model(
         "backbone": backbone_info,
         "lineage": model.lineage,
     }
+    if membank_info is not None:
+        meta["membank"] = membank_info
     (tmp / MODEL_FILE).write_text(json.dumps(meta, indent=2))
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)
@@ -125,14 +138,25 @@ def load_model(
         heads=heads,
         classes=tuple(meta["classes"]),
         prompts=PromptLibrary.from_dict(meta["prompts"], source=str(path / MODEL_FILE)),
-        calibration=Calibration(**meta["calibration"]),
+        calibration=Calibration.from_dict(meta["calibration"]),
         preprocess=Preprocess.from_dict(meta["preprocess"]),
         fit_config=FitConfig.from_dict(meta["fit_config"]),
         predict_config=PredictConfig.from_dict(meta["predict_config"]),
         name=meta["name"],
         version=str(meta["version"]),
         lineage=meta["lineage"],
+        membank=_load_membank(path, meta.get("membank"), backbone.model.visual.proj.device),
     )
+
+
+def _load_membank(
+    path: Path, info: dict[str, Any] | None, device: torch.device
+) -> PatchMemoryBank | None:
+    """The memory bank a model was saved with; None for models without one (older formats)."""
+    if not info:
+        return None
+    state = load_file(str(path / info["file"]), device=str(device))
+    return PatchMemoryBank(state["bank"], state["scale"], int(info["k"]), source=info["source"])
 
 
 def read_meta(path: Path) -> dict[str, Any]:

@@ -290,3 +290,18 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+PRETRAIN_RECORD = "pretrain.json"  # written by `semclip pretrain` next to the weights
+
+
+def pretrain_classes(backbone: Backbone) -> set[str] | None:
+    """Classes a `local-dir:` backbone was pretrained on (its pretrain.json), else None."""
+    if not backbone.name.startswith(LOCAL_DIR_PREFIX):
+        return None
+    record = Path(backbone.name[len(LOCAL_DIR_PREFIX) :]).expanduser() / PRETRAIN_RECORD
+    try:
+        classes = json.loads(record.read_text())["data"]["classes"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return {str(c) for c in classes}

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, Literal
+
+MembankTokens = Literal["vanilla", "vv"]  # ln_post vanilla tokens (width) or V-V tokens (embed)
+ClassAlpha = Literal["global", "prompted"]  # one α, or α_c = 0 for classes CLIP cannot know
 
 
 @dataclass(frozen=True)
@@ -13,19 +16,32 @@ class FitConfig:
     seed: int = 0  # drives augmentation order, init and batching: same seed, same model
     n_stages: int = 4  # m: stages of the dual-path encoder
     augment: bool = True  # the 8 flips / 90° rotations of each support image
-    epochs: float = 6.0  # passes over the (augmented) cached features
-    min_steps: int = 60  # lower bound on optimiser steps (tiny support sets)
-    max_steps: int = 400  # upper bound on optimiser steps (large support sets)
+    epochs: float = 40.0  # passes over the (augmented) cached features: the step budget
+    min_steps: int = 100  # lower bound on optimiser steps (tiny support sets)
+    max_steps: int = 1500  # upper bound on optimiser steps (large support sets)
+    plateau_patience: int = 60  # stop when the smoothed loss made no new 1 % low for this long
     batch_size: int = 32  # cached feature entries per step
     train_patches: int = 96  # patch tokens sampled per step (0 = all): the cost is per token
-    lr: float = 1e-3  # Adam (the paper's optimiser)
-    weight_decay: float = 1e-4  # Adam L2; keeps the few-shot head from over-confident weights
+    lr: float = 1e-3  # Adam on the transformation layers (the paper's optimiser)
+    weight_decay: float = 1e-4  # Adam L2 on the transformation layers
+    head_lr: float = 1e-2  # Adam on the linear classification head (a convex problem)
+    head_weight_decay: float = 1e-3  # L2 on the head: bounded logits on separable shots
+    head_init: str = "prototype"  # "prototype" (class means, Tip-Adapter style) or "random"
     focal_gamma: float = 2.0  # focal loss focusing parameter
     dice_weight: float = 1.0  # weight of the dice loss on the defect map
+    dice_per_image: bool = False  # dice per image and stage (True) or one over the batch
     focal_weight: float = 1.0  # weight of the focal loss on per-pixel classes
     ce_weight: float = 1.0  # weight of the cross-entropy on the classification head
     cv_folds: int = 3  # folds for choosing τ and α when k ≥ 2 (by image or group)
     default_alpha: float = 0.1  # α at k = 1, where nothing is held out to choose it
+    class_alpha: ClassAlpha = "prompted"  # "prompted": classes without prompts use the head only
+    surgery_scale: float = 1.0  # temperature of the surgery class weights softmax(s · F_cls Tᵀ)
+    membank: bool = True  # kNN distance to the good shots' patches, fused into the defect map
+    membank_tokens: MembankTokens = "vv"  # which patch tokens the memory bank stores
+    membank_k: int = 1  # neighbours averaged for a patch's distance (cosine)
+    membank_max_patches: int = 20000  # per stage; more are reduced by a greedy coreset
+    membank_augmented: bool = False  # also store the flipped/rotated copies' patches (8×)
+    membank_weight: float = 0.5  # β in S = (1 − β) S_clip + β S_knn where it cannot be chosen
     generic_prompts: bool = False  # "w/o detailed prompt" ablation
     feature_batch_size: int = 0  # backbone batch; 0 = by device (16 CPU, by memory on CUDA)
 
@@ -60,13 +76,37 @@ class PredictConfig:
 
 @dataclass(frozen=True)
 class Calibration:
-    """Decision parameters chosen on the support set (cross-validated when k ≥ 2)."""
+    """Decision parameters chosen on the support set (cross-validated when k ≥ 2).
+
+    Defaults are what models saved before a field existed used, so an old artifact predicts as
+    it did; `fit` sets every field explicitly.
+    """
 
     tau: float = 0.5  # defect-map threshold for the binary mask
     alpha: float = 0.1  # P = α·P_clip + (1 − α)·P_head
     pclip_source: str = "transform"  # "transform" (stage CLS via W_i) or "clip" (ln_post/proj)
     method: str = "default"  # "cross-validation" or "default", for the lineage
     details: dict[str, Any] = field(default_factory=dict)  # fold scores, for the lineage
+    class_alpha: tuple[float, ...] | None = None  # per-class α_c (model order); None: all α
+    membank_weight: float = 0.0  # β: weight of the memory-bank map in the defect map S
+    surgery_scale: float = 1.0  # temperature of the feature-surgery class weights
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Calibration:
+        """A stored calibration; fields it predates keep the behaviour of the code that wrote it."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        if values.get("class_alpha") is not None:
+            values["class_alpha"] = tuple(float(a) for a in values["class_alpha"])
+        return cls(**values)
+
+    def alphas(self, n_classes: int) -> tuple[float, ...]:
+        """α_c for every class: the per-class values, else the global α."""
+        if self.class_alpha is None:
+            return (float(self.alpha),) * n_classes
+        if len(self.class_alpha) != n_classes:
+            raise ValueError(f"{len(self.class_alpha)} class α for {n_classes} classes")
+        return tuple(float(a) for a in self.class_alpha)

@@ -133,11 +133,13 @@ def extract_features(
     return Features(tokens.to("cpu", torch.float16), vv.to("cpu", torch.float16))
 
 
-def surgery_maps(vv: torch.Tensor, text: torch.Tensor, good_index: int) -> torch.Tensor:
+def surgery_maps(
+    vv: torch.Tensor, text: torch.Tensor, good_index: int, weight_scale: float = 1.0
+) -> torch.Tensor:
     """Per-stage patch-level feature-surgery defect maps M_n^i: (N, m, 1+P, D) → (N, m, P)."""
     n, m = vv.shape[:2]
     vv = vv.float().flatten(0, 1)  # (N·m, 1+P, D)
-    sim = surgery_similarity(vv[:, 1:], vv[:, 0], text.to(vv.device))
+    sim = surgery_similarity(vv[:, 1:], vv[:, 0], text.to(vv.device), weight_scale)
     return surgery_defect_map(sim, good_index).view(n, m, -1)
 
 

@@ -64,3 +64,35 @@ class SemclipHeads(nn.Module):
     def head_logits(self, tokens: torch.Tensor) -> torch.Tensor:
         """P_head logits (B, K) (eq. 20-22) on concatenated stage CLS tokens."""
         return self.classifier(tokens[:, :, 0].flatten(1))
+
+
+def fuse_probs(p_clip: torch.Tensor, p_head: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
+    """Class-aware fusion (eq. 23): P_c ∝ α_c P_clip,c + (1 − α_c) P_head,c, (B, K) each.
+
+    With one α for every class the sum is already 1; per-class α_c is renormalised so P stays a
+    distribution. α_c = 0 hands class c to the head alone.
+    """
+    alphas = alphas.to(p_clip.device, p_clip.dtype)  # (K,)
+    p = alphas * p_clip + (1.0 - alphas) * p_head
+    return p / p.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def prototype_init(
+    heads: SemclipHeads, cls: torch.Tensor, labels: torch.Tensor, scale: float
+) -> None:
+    """Start the head at the nearest class mean (Tip-Adapter style) instead of random weights.
+
+    cls (N, m·width) concatenated stage CLS tokens, labels (N,). Logits become
+    scale · cos(x − μ, μ_c − μ) for a typical ‖x − μ‖, μ the mean of all entries: a working
+    classifier at step 0 that training refines. Classes without entries keep zero weights.
+    """
+    mean = cls.mean(dim=0)
+    centred = cls - mean
+    radius = centred.norm(dim=-1).mean().clamp_min(1e-6)
+    weight = torch.zeros_like(heads.classifier.weight)  # (K, m·width)
+    for c in labels.unique():
+        proto = centred[labels == c].mean(dim=0)
+        weight[c] = scale * proto / proto.norm().clamp_min(1e-6) / radius
+    with torch.no_grad():
+        heads.classifier.weight.copy_(weight)
+        heads.classifier.bias.copy_(-(weight @ mean))

@@ -12,20 +12,23 @@ import torch
 
 from semclip.config import Calibration
 from semclip.features import Features, surgery_maps
-from semclip.heads import SemclipHeads
+from semclip.heads import SemclipHeads, fuse_probs
 from semclip.maps import class_logits, gaussian_smooth, patch_grid, smoothing_sigma, upsample
+from semclip.membank import PatchMemoryBank
 
 
 @dataclass(frozen=True)
 class HeadOutputs:
     """Per-image results at model resolution S for a batch of B images."""
 
-    probs: torch.Tensor  # (B, K) fused P = α P_clip + (1 − α) P_head
+    probs: torch.Tensor  # (B, K) fused P ∝ α_c P_clip + (1 − α_c) P_head
     p_clip: torch.Tensor  # (B, K) zero-shot branch (transformation layers or CLIP's proj)
     p_clip_proj: torch.Tensor  # (B, K) CLIP's own ln_post/proj on the last CLS (untrained)
     p_head: torch.Tensor  # (B, K) trained classification head
     score_map: torch.Tensor  # (B, S, S) smoothed overall defect map S in [0, 1]
     class_map: torch.Tensor  # (B, S, S) per-pixel argmax over defect classes (class indices)
+    clip_map: torch.Tensor | None = None  # (B, S, S) smoothed (S_v + S_n) / 2, before the bank
+    membank_map: torch.Tensor | None = None  # (B, S, S) smoothed memory-bank map, when computed
 
 
 @torch.no_grad()
@@ -37,22 +40,34 @@ def run_heads(
     size: int,
     *,
     surgery: torch.Tensor | None = None,
+    membank: PatchMemoryBank | None = None,
+    membank_exclude: torch.Tensor | None = None,
 ) -> HeadOutputs:
     """Fused probabilities and maps for a batch of cached features.
 
     `surgery` (B, m, P) may be passed when precomputed (it depends only on features and text).
+    With a `membank` and β = calibration.membank_weight > 0, S = (1 − β) S_clip + β S_knn;
+    `membank_exclude` (B,) names each image's own unit in the bank (leave-one-out on shots).
     """
     device = heads.text.device
     tokens = feats.tokens.to(device).float()  # (B, m, 1+P, width)
     vv = feats.vv.to(device).float()  # (B, m, 1+P, embed)
     if surgery is None:
-        surgery = surgery_maps(vv, heads.text, good_index)
+        surgery = surgery_maps(vv, heads.text, good_index, calibration.surgery_scale)
     surgery = surgery.to(device)
+    sigma = smoothing_sigma(size)
 
     class_probs = vanilla_stage_probs(heads, tokens, size)  # (B, m, K, S, S)
     s_v = 1.0 - class_probs[:, :, good_index].mean(dim=1)  # (B, S, S)
     s_n = upsample(patch_grid(surgery.mean(dim=1)[..., None]), size)[:, 0]  # (B, S, S)
-    score = gaussian_smooth((s_v + s_n) / 2, smoothing_sigma(size)).clamp(0.0, 1.0)
+    clip_map = gaussian_smooth((s_v + s_n) / 2, sigma).clamp(0.0, 1.0)
+    score, knn_map = clip_map, None
+    beta = float(calibration.membank_weight)
+    if membank is not None and beta > 0:
+        knn = membank.anomaly(membank.patch_tokens(tokens, vv), membank_exclude)  # (B, P)
+        knn_map = gaussian_smooth(upsample(patch_grid(knn[..., None]), size)[:, 0], sigma)
+        knn_map = knn_map.clamp(0.0, 1.0)
+        score = (1.0 - beta) * clip_map + beta * knn_map
 
     defect_probs = class_probs.mean(dim=1).clone()  # (B, K, S, S)
     defect_probs[:, good_index] = -1.0
@@ -65,8 +80,9 @@ def run_heads(
         else (heads.clip_logits(tokens).softmax(dim=-1))
     )
     p_head = heads.head_logits(tokens).softmax(dim=-1)
-    probs = calibration.alpha * p_clip + (1.0 - calibration.alpha) * p_head
-    return HeadOutputs(probs, p_clip, p_clip_proj, p_head, score, class_map)
+    alphas = torch.tensor(calibration.alphas(p_head.shape[1]))
+    probs = fuse_probs(p_clip, p_head, alphas)
+    return HeadOutputs(probs, p_clip, p_clip_proj, p_head, score, class_map, clip_map, knn_map)
 
 
 def vanilla_stage_probs(heads: SemclipHeads, tokens: torch.Tensor, size: int) -> torch.Tensor:

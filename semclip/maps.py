@@ -43,8 +43,13 @@ def vanilla_class_probs(z: torch.Tensor, text: torch.Tensor, size: int) -> torch
     return upsample(logits, size).softmax(dim=1)
 
 
-def surgery_similarity(f: torch.Tensor, f_cls: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+def surgery_similarity(
+    f: torch.Tensor, f_cls: torch.Tensor, text: torch.Tensor, weight_scale: float = 1.0
+) -> torch.Tensor:
     """Feature-surgery similarity (eq. 13-16) in closed form: (B, P, D), (B, D), (K, D) → (B, P, K).
+
+    Class weights w = softmax(s · cos(F_cls, T)) / mean: with s = 1 (the paper's form) cosines
+    of ±0.3 give w ≈ 1 ± 0.03, nearly uniform; s = LOGIT_SCALE makes them CLIP's probabilities.
 
     Explicit form: multiplied = F ⊙ T_k · w_k (B, P, K, D); redundant = mean_k multiplied;
     sim = Σ_D (multiplied − redundant). Summing over D first gives (F Tᵀ)·w − mean_k, which never
@@ -52,7 +57,7 @@ def surgery_similarity(f: torch.Tensor, f_cls: torch.Tensor, text: torch.Tensor)
     """
     f = F.normalize(f, dim=-1)
     t = F.normalize(text, dim=-1)
-    w = (F.normalize(f_cls, dim=-1) @ t.T).softmax(dim=-1)  # (B, K)
+    w = (weight_scale * F.normalize(f_cls, dim=-1) @ t.T).softmax(dim=-1)  # (B, K)
     w = w / w.mean(dim=-1, keepdim=True)
     s = (f @ t.T) * w[:, None, :]  # (B, P, K)
     return s - s.mean(dim=-1, keepdim=True)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from semclip.backbone import Backbone
+from semclip.backbone import Backbone, pretrain_classes
 from semclip.config import Calibration, FitConfig, PredictConfig
 from semclip.data.databar import DatabarCrop
 from semclip.data.dataset import GOOD, Dataset
@@ -38,10 +38,17 @@ from semclip.features import (
 from semclip.heads import SemclipHeads
 from semclip.inference import HeadOutputs, run_heads
 from semclip.maps import bilinear_matrix
+from semclip.membank import PatchMemoryBank
 from semclip.postprocess import mask_outputs
 from semclip.prediction import Prediction
 from semclip.prompts import PromptLibrary, load_prompts, text_prototypes
-from semclip.train import SupportTensors, calibrate, default_tau, fit_heads
+from semclip.train import (
+    SupportTensors,
+    build_membank,
+    calibrate,
+    fit_heads,
+    good_shot_tau,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +90,7 @@ class SupportItem:
 
 @dataclass
 class SemclipModel:
-    """A fitted SEM-CLIP model."""
+    """A fitted SEM-CLIP model (`membank`: the good shots' patches, None in older models)."""
 
     backbone: Backbone
     heads: SemclipHeads
@@ -96,6 +103,7 @@ class SemclipModel:
     name: str = "semclip-sem"
     version: str = "local"
     lineage: dict[str, Any] = field(default_factory=dict)
+    membank: PatchMemoryBank | None = field(default=None, repr=False)
     _encoder: DualPathEncoder | None = field(default=None, repr=False)
 
     @property
@@ -156,10 +164,18 @@ class SemclipModel:
         tensors, hashes = model._support_tensors(items, progress, cache)
         proj = backbone.model.visual.proj.detach().float()
         good = model.good_index
-        calibration = calibrate(tensors, text, good, config, proj, preprocess.image_size, device)
+        clip_classes = model._clip_classes(config)
+        calibration = calibrate(
+            tensors, text, good, config, proj, preprocess.image_size, device, clip_classes
+        )
         model.heads = fit_heads(tensors, text, good, config, proj, device)
+        bank = build_membank(tensors, good, config, device) if config.membank else None
+        model.membank = bank[0] if bank is not None else None
         if calibration.method == "default":
-            calibration = replace(calibration, tau=model._good_shot_tau(tensors))
+            tau = good_shot_tau(
+                model.heads, tensors, calibration, good, preprocess.image_size, bank
+            )
+            calibration = replace(calibration, tau=tau)
         model.calibration = calibration
         model.lineage = fit_lineage(items, hashes, config, backbone, time.perf_counter() - started)
         log.info(
@@ -233,17 +249,12 @@ class SemclipModel:
             keys, lambda missing: extract_features(self.encoder, images[missing], autocast=autocast)
         )
 
-    def _good_shot_tau(self, tensors: SupportTensors) -> float:
-        """Default τ (k = 1): from the scores on the good shots' pixels (design notes)."""
-        keep = (tensors.labels == self.good_index) & (tensors.aug_index == 0)
-        out = run_heads(
-            self.heads,
-            tensors.feats[keep],
-            self.calibration,
-            self.good_index,
-            self.preprocess.image_size,
-        )
-        return default_tau(out.score_map)
+    def _clip_classes(self, config: FitConfig) -> torch.Tensor | None:
+        """(K,) bool: classes P_clip may vote for (class-aware fusion), None: all of them."""
+        if config.class_alpha == "global":
+            return None
+        known = pretrain_classes(self.backbone)
+        return torch.tensor([self.prompts.clip_knows(c, known) for c in self.classes])
 
     # --------------------------------------------------------------- prediction
     def predict(
@@ -319,7 +330,12 @@ class SemclipModel:
         with torch.inference_mode():
             feats = self._features(x, keys, cache, config.autocast)
             return run_heads(
-                self.heads, feats, self.calibration, self.good_index, self.preprocess.image_size
+                self.heads,
+                feats,
+                self.calibration,
+                self.good_index,
+                self.preprocess.image_size,
+                membank=self.membank,
             )
 
     def score(

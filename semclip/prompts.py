@@ -41,6 +41,13 @@ class PromptLibrary:
         words = label.replace("_", " ").replace("-", " ").strip()
         return tuple(s.format(label=words) for s in self.generic_defect)
 
+    def clip_knows(self, label: str, backbone_classes: set[str] | None = None) -> bool:
+        """Whether zero-shot P_clip can know `label`: it has states of its own in the prompt
+        file (and, when the backbone's pretraining classes are known, is one of them)."""
+        if label == self.normal_class:
+            return True
+        return label in self.states and (backbone_classes is None or label in backbone_classes)
+
     def sentences(self, label: str, *, generic: bool = False) -> list[str]:
         """Every template filled with every state of `label`."""
         return [

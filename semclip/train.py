@@ -1,15 +1,17 @@
-"""Few-shot fitting of the heads on cached features, and calibration of τ and α.
+"""Few-shot fitting of the heads on cached features, the patch memory bank, and calibration.
 
 Backbone and text tower are frozen: the backbone ran once per support image and augmentation
 (see features.py); here only W_1..W_m and the classification head are trained, with focal + dice
-on the per-stage defect maps and cross-entropy on the head (Adam, as the paper).
+on the per-stage defect maps and cross-entropy on the head (Adam, as the paper), until the
+training loss stops falling. The memory bank stores the support's normal patches. τ, α and the
+bank's weight β are chosen on folds the heads did not see.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -17,13 +19,19 @@ import torch.nn.functional as F
 
 from semclip.config import Calibration, FitConfig
 from semclip.features import Features
-from semclip.heads import SemclipHeads
+from semclip.heads import SemclipHeads, fuse_probs, prototype_init
 from semclip.inference import run_heads
+from semclip.membank import PatchMemoryBank
 from semclip.metrics import f1_max
 
 log = logging.getLogger(__name__)
 
 ALPHA_GRID = tuple(round(a, 2) for a in np.linspace(0.0, 1.0, 21))
+BETA_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)  # memory-bank weights tried by cross-validation
+PROTOTYPE_SCALE = 10.0  # logit scale of the prototype-initialised head
+PLATEAU_EMA = 0.9  # smoothing of the training loss for the plateau stop
+PLATEAU_REL = 0.01  # a new low must beat the best smoothed loss by this fraction...
+PLATEAU_ABS = 1e-3  # ...and by this much (a separable loss creeps towards 0 for ever)
 
 
 @dataclass
@@ -56,9 +64,29 @@ class SupportTensors:
 
 
 def n_steps(n_entries: int, config: FitConfig) -> int:
-    """Optimiser steps: `epochs` passes over the entries, within [min_steps, max_steps]."""
+    """Optimiser step budget: `epochs` passes over the entries, within [min_steps, max_steps]."""
     steps = math.ceil(config.epochs * n_entries / config.batch_size)
     return int(min(config.max_steps, max(config.min_steps, steps)))
+
+
+class Plateau:
+    """Stops training once the smoothed loss made no new low (by PLATEAU_REL and PLATEAU_ABS)
+    for `patience` steps."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+        self.ema: float | None = None
+        self.best = math.inf
+        self.since_best = 0
+
+    def update(self, loss: float) -> bool:
+        """Record one step's loss; True when training should stop (never with patience 0)."""
+        self.ema = loss if self.ema is None else PLATEAU_EMA * self.ema + (1 - PLATEAU_EMA) * loss
+        if self.ema < min(self.best * (1 - PLATEAU_REL), self.best - PLATEAU_ABS):
+            self.best, self.since_best = self.ema, 0
+        else:
+            self.since_best += 1
+        return self.patience > 0 and self.since_best >= self.patience
 
 
 def fit_heads(
@@ -68,26 +96,51 @@ def fit_heads(
     config: FitConfig,
     proj_init: torch.Tensor,
     device: torch.device,
+    history: list[dict[str, float]] | None = None,
 ) -> SemclipHeads:
-    """Train W_1..W_m and the head on the support entries; deterministic for a seed."""
+    """Train W_1..W_m and the head on the support entries; deterministic for a seed.
+
+    Runs `n_steps` steps at most and stops early on a training-loss plateau (after min_steps).
+    Each step's losses are appended to `history` when given.
+    """
     torch.manual_seed(config.seed)
     n_stages, width = support.feats.tokens.shape[1], support.feats.tokens.shape[-1]
     heads = SemclipHeads(n_stages, width, text.shape[1], text, proj_init).to(device)
-    opt = torch.optim.Adam(heads.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    if config.head_init == "prototype":
+        cls = support.feats.tokens[:, :, 0].to(device).float().flatten(1)  # (N, m·width)
+        prototype_init(heads, cls, support.labels.to(device), PROTOTYPE_SCALE)
+    opt = torch.optim.Adam(
+        [
+            {
+                "params": list(heads.transforms.parameters()),
+                "lr": config.lr,
+                "weight_decay": config.weight_decay,
+            },
+            {
+                "params": list(heads.classifier.parameters()),
+                "lr": config.head_lr,
+                "weight_decay": config.head_weight_decay,
+            },
+        ]
+    )
     gen = torch.Generator().manual_seed(config.seed)
     n = len(support.feats)
-    steps = n_steps(n, config)
+    plateau = Plateau(config.plateau_patience)
     order = torch.empty(0, dtype=torch.long)
     heads.train()
-    for _ in range(steps):
+    for step in range(n_steps(n, config)):
         if len(order) < min(config.batch_size, n):
             order = torch.cat([order, torch.randperm(n, generator=gen)])
         idx, order = order[: config.batch_size], order[config.batch_size :]
         patches = sample_patches(support.patch_target.shape[1], config.train_patches, gen)
-        loss, _ = support_loss(heads, support, idx, patches, good_index, config, device)
+        loss, parts = support_loss(heads, support, idx, patches, good_index, config, device)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if history is not None:
+            history.append({"loss": loss.item(), **parts})
+        if plateau.update(loss.item()) and step + 1 >= config.min_steps:
+            break
     heads.eval()
     return heads
 
@@ -124,19 +177,29 @@ def support_loss(
         return config.ce_weight * ce, {"ce": ce.item()}
     logp = heads.patch_logits(tokens[pix]).log_softmax(dim=-1)  # (b, m, P, K)
     frac = support.patch_target[idx][:, patches].to(device)[pix]  # (b, p)
-    target = torch.zeros_like(logp[:, 0])  # (b, P, K) soft per-patch class distribution
-    target[..., good_index] = 1.0 - frac
-    target.scatter_add_(
-        -1, labels[pix][:, None, None].expand(-1, frac.shape[1], 1), frac[..., None]
-    )
-    target = target[:, None]  # broadcast over stages
+    target = pixel_targets(frac, labels[pix], good_index, logp.shape[-1])[:, None]  # (b, 1, p, K)
     p = logp.exp()
     focal = -(target * (1.0 - p) ** config.focal_gamma * logp).sum(-1).mean()
     p_defect = 1.0 - p[..., good_index]  # (b, m, P)
     y = frac[:, None].expand_as(p_defect)
-    dice = 1.0 - (2 * (p_defect * y).sum() + 1.0) / (p_defect.sum() + y.sum() + 1.0)
+    if config.dice_per_image:  # one dice per entry and stage, averaged
+        inter, total = (p_defect * y).sum(-1), p_defect.sum(-1) + y.sum(-1)  # (b, m)
+        dice = (1.0 - (2 * inter + 1.0) / (total + 1.0)).mean()
+    else:  # one dice over the whole batch
+        dice = 1.0 - (2 * (p_defect * y).sum() + 1.0) / (p_defect.sum() + y.sum() + 1.0)
     loss = config.focal_weight * focal + config.dice_weight * dice + config.ce_weight * ce
     return loss, {"focal": focal.item(), "dice": dice.item(), "ce": ce.item()}
+
+
+def pixel_targets(
+    frac: torch.Tensor, labels: torch.Tensor, good_index: int, n_classes: int
+) -> torch.Tensor:
+    """Soft per-patch class distributions (b, p, K): an image's class with the patch's defect
+    coverage `frac` (b, p), good with the rest (a good image's patches are all good)."""
+    target = frac.new_zeros(*frac.shape, n_classes)
+    target[..., good_index] = 1.0 - frac
+    target.scatter_add_(-1, labels[:, None, None].expand(-1, frac.shape[1], 1), frac[..., None])
+    return target
 
 
 def calibrate(
@@ -147,48 +210,136 @@ def calibrate(
     proj_init: torch.Tensor,
     size: int,
     device: torch.device,
+    clip_classes: torch.Tensor | None = None,
 ) -> Calibration:
-    """Choose τ, α and the P_clip source by cross-validation over support images (k ≥ 2).
+    """Choose τ, α, β and the P_clip source by cross-validation over support images (k ≥ 2).
 
-    The heads fit their own support images perfectly at small k, so τ and α are chosen on
-    folds the heads did not see; folds are whole groups (or images), a fold holding one unit
-    of every class where it can.
+    The heads fit their own support images perfectly at small k, so τ, α and β are chosen on
+    folds the heads (and the fold's memory bank) did not see; folds are whole groups (or
+    images), a fold holding one unit of every class where it can. `clip_classes` (K,) bool
+    marks the classes P_clip may vote for (class-aware fusion); the others get α_c = 0.
     """
+    base = Calibration(
+        alpha=config.default_alpha,
+        surgery_scale=config.surgery_scale,
+        membank_weight=config.membank_weight if config.membank else 0.0,
+    )
+    base = replace(base, class_alpha=class_alphas(base.alpha, clip_classes))
     folds = assign_folds(support, config.cv_folds)
     if folds is None:
-        return Calibration(alpha=config.default_alpha, method="default")
+        return base
+    probe = replace(base, class_alpha=None, membank_weight=1.0)  # every part computed
     held: list[tuple[torch.Tensor, ...]] = []
     for fold in range(int(folds.max()) + 1):
         test_images = torch.nonzero(folds == fold).flatten()
         in_test = torch.isin(support.image_index, test_images)
-        heads = fit_heads(support.subset(~in_test), text, good_index, config, proj_init, device)
+        train = support.subset(~in_test)
+        heads = fit_heads(train, text, good_index, config, proj_init, device)
+        bank = build_membank(train, good_index, config, device)[0] if config.membank else None
         test = support.subset(in_test & (support.aug_index == 0))
-        out = run_heads(heads, test.feats, Calibration(), good_index, size)
+        out = run_heads(heads, test.feats, probe, good_index, size, membank=bank)
+        knn = out.membank_map if out.membank_map is not None else out.clip_map
         held.append(
             (
                 test.image_index,
                 test.labels,
-                out.p_clip,
-                out.p_clip_proj,
-                out.p_head,
-                out.score_map.cpu(),
+                out.p_clip.cpu(),
+                out.p_clip_proj.cpu(),
+                out.p_head.cpu(),
+                out.clip_map.cpu(),
+                knn.cpu(),
             )
         )
-    image_index, labels, p_tr, p_proj, p_head, score = (
+    image_index, labels, p_tr, p_proj, p_head, clip_map, knn_map = (
         torch.cat(x) for x in zip(*held, strict=True)
     )
-    source, p_clip = _choose_pclip(labels, p_tr.cpu(), p_proj.cpu())
-    alpha, acc = _choose_alpha(labels, p_clip, p_head.cpu())
-    tau, f1 = _choose_tau(support, image_index, score)
+    source, p_clip = _choose_pclip(labels, p_tr, p_proj)
+    alpha, acc = _choose_alpha(labels, p_clip, p_head, clip_classes)
+    betas = BETA_GRID if config.membank else (0.0,)
+    beta, tau, f1 = _choose_map(support, image_index, clip_map, knn_map, betas, base)
     details = {
         "folds": int(folds.max()) + 1,
         "cv_accuracy": acc,
         "cv_pixel_f1": f1,
         "n_held_out": len(labels),
     }
-    return Calibration(
-        tau=tau, alpha=alpha, pclip_source=source, method="cross-validation", details=details
+    return replace(
+        base,
+        tau=tau,
+        alpha=alpha,
+        class_alpha=class_alphas(alpha, clip_classes),
+        membank_weight=beta,
+        pclip_source=source,
+        method="cross-validation",
+        details=details,
     )
+
+
+def class_alphas(alpha: float, clip_classes: torch.Tensor | None) -> tuple[float, ...] | None:
+    """α_c = α for classes P_clip knows, 0 for the others; None (one α) when all are known."""
+    if clip_classes is None or bool(clip_classes.all()):
+        return None
+    return tuple(float(alpha) if bool(known) else 0.0 for known in clip_classes)
+
+
+def build_membank(
+    support: SupportTensors,
+    good_index: int,
+    config: FitConfig,
+    device: torch.device | str = "cpu",
+) -> tuple[PatchMemoryBank, torch.Tensor]:
+    """Memory bank of the support's normal patches, and each entry's leave-one-out unit (N,).
+
+    Normal patches: every patch of a good image, and the patches of a defect image with a mask
+    that neither touch the defect nor neighbour it (3×3); of the un-augmented entries unless
+    `membank_augmented` (8× the patches, mostly redundant). The unit left out when the bank
+    measures its own scale is the support image; with a single contributing image, the entry
+    (the augmentations of one image are then each other's reference).
+    """
+    grid = support.feats.grid
+    target = support.patch_target.view(-1, 1, grid, grid)
+    near_defect = F.max_pool2d(target, 3, stride=1, padding=1).flatten(1) > 0  # (N, P)
+    keep = support.has_mask[:, None] & ~near_defect
+    keep |= (support.labels == good_index)[:, None]
+    if not config.membank_augmented:
+        keep &= (support.aug_index == 0)[:, None]
+    contributing = support.image_index[keep.any(dim=1)].unique()
+    units = support.image_index if len(contributing) > 1 else torch.arange(len(support.feats))
+    tokens = support.feats.vv if config.membank_tokens == "vv" else support.feats.tokens
+    bank = PatchMemoryBank.build(
+        tokens[:, :, 1:].to(device),
+        keep.to(device),
+        units.to(device),
+        k=config.membank_k,
+        max_patches=config.membank_max_patches,
+        seed=config.seed,
+        source=config.membank_tokens,
+    )
+    return bank, units
+
+
+def good_shot_tau(
+    heads: SemclipHeads,
+    support: SupportTensors,
+    calibration: Calibration,
+    good_index: int,
+    size: int,
+    membank: tuple[PatchMemoryBank, torch.Tensor] | None = None,
+) -> float:
+    """Default τ (k = 1): from the good shots' pixel scores (design notes); the bank part of
+    those scores leaves each shot's own unit out, as a new good image would see it."""
+    keep = (support.labels == good_index) & (support.aug_index == 0)
+    bank, units = membank if membank is not None else (None, None)
+    out = run_heads(
+        heads,
+        support.feats[keep],
+        calibration,
+        good_index,
+        size,
+        membank=bank,
+        membank_exclude=units[keep] if units is not None else None,
+    )
+    return default_tau(out.score_map)
 
 
 def assign_folds(support: SupportTensors, n_folds: int) -> torch.Tensor | None:
@@ -218,12 +369,19 @@ def _choose_pclip(
 
 
 def _choose_alpha(
-    labels: torch.Tensor, p_clip: torch.Tensor, p_head: torch.Tensor
+    labels: torch.Tensor,
+    p_clip: torch.Tensor,
+    p_head: torch.Tensor,
+    clip_classes: torch.Tensor | None = None,
 ) -> tuple[float, float]:
-    """α maximising held-out accuracy; ties broken by log-likelihood, then smaller α."""
+    """α maximising held-out accuracy; ties broken by log-likelihood, then smaller α.
+
+    Classes outside `clip_classes` (K,) bool keep α_c = 0 for every α tried.
+    """
     best = None
     for alpha in ALPHA_GRID:
-        p = alpha * p_clip + (1 - alpha) * p_head
+        alphas = class_alphas(alpha, clip_classes) or (alpha,) * p_clip.shape[1]
+        p = fuse_probs(p_clip, p_head, torch.tensor(alphas))
         acc = float((p.argmax(1) == labels).float().mean())
         nll = float(-torch.log(p.gather(1, labels[:, None]).clamp_min(1e-8)).mean())
         key = (acc, -nll, -alpha)
@@ -232,16 +390,33 @@ def _choose_alpha(
     return best[1], best[2]
 
 
-def _choose_tau(
-    support: SupportTensors, image_index: torch.Tensor, score: torch.Tensor
-) -> tuple[float, float | None]:
-    """τ with the best held-out pixel F1 over images with known masks (good ones included)."""
+def _choose_map(
+    support: SupportTensors,
+    image_index: torch.Tensor,
+    clip_map: torch.Tensor,
+    knn_map: torch.Tensor,
+    betas: tuple[float, ...],
+    base: Calibration,
+) -> tuple[float, float, float | None]:
+    """(β, τ, F1) with the best held-out pixel F1-max of (1 − β) S_clip + β S_knn.
+
+    Without held-out masks nothing can be measured: β stays the default and τ comes from the
+    held-out scores of images with known (all-good) pixels.
+    """
     known = support.image_has_mask[image_index]
     masks = support.masks[image_index[known]]
     if not bool(known.any()) or not bool(masks.any()):
-        return default_tau(score[known] if bool(known.any()) else score), None
-    f1, tau = f1_max(score[known].flatten().numpy(), masks.flatten().numpy() > 0.5)
-    return float(tau), f1
+        beta = base.membank_weight if len(betas) > 1 else 0.0
+        score = (1 - beta) * clip_map + beta * knn_map
+        return beta, default_tau(score[known] if bool(known.any()) else score), None
+    truth = masks.flatten().numpy() > 0.5
+    best: tuple[float, float, float] | None = None
+    for beta in betas:
+        score = ((1 - beta) * clip_map[known] + beta * knn_map[known]).flatten().numpy()
+        f1, tau = f1_max(score, truth)
+        if best is None or f1 > best[2] + 1e-9:
+            best = (beta, float(tau), float(f1))
+    return best
 
 
 def default_tau(good_scores: torch.Tensor) -> float:

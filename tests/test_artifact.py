@@ -19,7 +19,7 @@ from semclip import (
     load_model,
     save_model,
 )
-from semclip.artifact import BACKBONE_DIR, FORMAT_VERSION, HEADS_FILE, MODEL_FILE
+from semclip.artifact import BACKBONE_DIR, FORMAT_VERSION, HEADS_FILE, MEMBANK_FILE, MODEL_FILE
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +53,7 @@ def _edit_meta(src: Path, dst: Path, **changes: object) -> Path:
 
 def test_save_writes_a_self_contained_directory(saved_dir: Path) -> None:
     assert (saved_dir / MODEL_FILE).is_file() and (saved_dir / HEADS_FILE).is_file()
+    assert (saved_dir / MEMBANK_FILE).is_file()
     assert (saved_dir / BACKBONE_DIR).is_dir()
     assert not saved_dir.with_name(saved_dir.name + ".tmp").exists()
     meta = json.loads((saved_dir / MODEL_FILE).read_text())
@@ -76,7 +77,34 @@ def test_round_trip_predicts_the_same(
     assert (loaded.name, loaded.version) == (fitted_model.name, fitted_model.version)
     want, got = fitted_model.heads.state_dict(), loaded.heads.state_dict()
     assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+    assert fitted_model.membank is not None and loaded.membank is not None
+    assert torch.equal(loaded.membank.bank, fitted_model.membank.bank)
+    assert torch.equal(loaded.membank.scale, fitted_model.membank.scale)
+    assert (loaded.membank.k, loaded.membank.source) == (1, "vv")
     _assert_same_predictions(loaded.predict(query_paths[:4]), reference)
+
+
+def test_model_saved_before_the_memory_bank_still_loads(
+    saved_dir: Path, tmp_path: Path, query_paths: list[Path]
+) -> None:
+    """An artifact of the earlier code: no membank file or key, no new calibration fields."""
+    old = tmp_path / "old"
+    shutil.copytree(saved_dir, old)
+    (old / MEMBANK_FILE).unlink()
+    meta = json.loads((old / MODEL_FILE).read_text())
+    del meta["membank"]
+    for key in ("class_alpha", "membank_weight", "surgery_scale"):
+        del meta["calibration"][key]
+    for key in ("membank", "membank_k", "head_lr", "plateau_patience", "class_alpha"):
+        del meta["fit_config"][key]
+    (old / MODEL_FILE).write_text(json.dumps(meta))
+    loaded = load_model(old, device="cpu")
+    assert loaded.membank is None
+    assert loaded.calibration.membank_weight == 0.0 and loaded.calibration.class_alpha is None
+    assert loaded.calibration.surgery_scale == 1.0
+    preds = loaded.predict(query_paths[:2])
+    assert all(p.ok for p in preds)
+    np.testing.assert_allclose(sum(preds[0].probabilities.values()), 1.0, atol=1e-5)
 
 
 def test_random_weights_stay_flagged(saved_dir: Path) -> None:

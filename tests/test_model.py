@@ -118,6 +118,8 @@ def test_label_without_prompts_gets_generic_ones(
     model = SemclipModel.fit(tiny_backbone, items, config=fast_config)
     assert "weird_blob" not in model.prompts.states
     assert model.classes == ("good", "particle", "scratch", "weird_blob")
+    alpha = fast_config.default_alpha  # class-aware fusion: CLIP cannot know weird_blob
+    assert model.calibration.class_alpha == (alpha, alpha, alpha, 0.0)
     pred = model.predict([items[0].image])[0]
     assert list(pred.probabilities) == list(model.classes)
 

@@ -1,8 +1,9 @@
 """SEM-CLIP and its ablations (paper Table 3) as evaluation methods.
 
-One fit per split serves `semclip`, `-no-transform`, `-no-pclip` and `-no-head`: they differ
-from the fitted model only after fitting (training is deterministic for a seed, and the
-classification head's loss never reaches W_i), so refitting would give the same weights.
+One fit per split serves `semclip`, `-no-transform`, `-no-pclip`, `-no-head`, `-no-membank`
+and `-global-alpha`: they differ from the fitted model only after fitting (training is
+deterministic for a seed, and the classification head's loss never reaches W_i), so refitting
+would give the same weights.
 `-generic-prompts` and `-last-stage` need fits of their own.
 
 Last stage: the paper's "w/o multi-layer" uses only the last encoding block's outputs. We take
@@ -27,6 +28,7 @@ from semclip.feature_cache import FeatureCache
 from semclip.features import Features
 from semclip.heads import SemclipHeads
 from semclip.inference import run_heads
+from semclip.membank import PatchMemoryBank
 from semclip.model import SemclipModel
 
 
@@ -54,6 +56,7 @@ class SemclipScorer:
     good_index: int
     size: int
     only_last_stage: bool = False
+    membank: PatchMemoryBank | None = None
 
     @property
     def tau(self) -> float | None:
@@ -61,7 +64,9 @@ class SemclipScorer:
 
     def score(self, feats: Features) -> MethodOutput:
         feats = last_stage(feats) if self.only_last_stage else feats
-        out = run_heads(self.heads, feats, self.calibration, self.good_index, self.size)
+        out = run_heads(
+            self.heads, feats, self.calibration, self.good_index, self.size, membank=self.membank
+        )
         probs = out.probs.float().cpu()
         return MethodOutput(probs, 1.0 - probs[:, self.good_index], out.score_map.float().cpu())
 
@@ -89,7 +94,9 @@ def fitted(ctx: EvalContext, split: Split, variant: str = "base") -> SemclipMode
 def _scorer(ctx: EvalContext, model: SemclipModel, **changes: object) -> SemclipScorer:
     calibration = replace(model.calibration, **changes) if changes else model.calibration
     only_last = model.heads.n_stages == 1 and ctx.encoded.feats.tokens.shape[1] > 1
-    return SemclipScorer(model.heads, calibration, model.good_index, ctx.size, only_last)
+    return SemclipScorer(
+        model.heads, calibration, model.good_index, ctx.size, only_last, model.membank
+    )
 
 
 @register("semclip", "SEM-CLIP: W_i + head fitted on the shots (×8 flips/rotations), τ/α by CV")
@@ -135,3 +142,19 @@ def semclip_no_head(ctx: EvalContext, split: Split) -> SemclipScorer:
 )
 def semclip_last_stage(ctx: EvalContext, split: Split) -> SemclipScorer:
     return _scorer(ctx, fitted(ctx, split, "last-stage"))
+
+
+@register(
+    "semclip-no-membank",
+    "w/o memory bank: defect map from the CLIP maps alone (β = 0; α, τ as fitted)",
+)
+def semclip_no_membank(ctx: EvalContext, split: Split) -> SemclipScorer:
+    return _scorer(ctx, fitted(ctx, split), membank_weight=0.0)
+
+
+@register(
+    "semclip-global-alpha",
+    "w/o class-aware fusion: the fitted α for every class, prompted or not",
+)
+def semclip_global_alpha(ctx: EvalContext, split: Split) -> SemclipScorer:
+    return _scorer(ctx, fitted(ctx, split), class_alpha=None)

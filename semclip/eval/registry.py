@@ -32,6 +32,8 @@ ORDER = (
     "semclip-no-pclip",
     "semclip-no-head",
     "semclip-last-stage",
+    "semclip-no-membank",
+    "semclip-global-alpha",
 )
 DEFAULT_METHOD = "semclip"
 

@@ -30,6 +30,8 @@ ABLATIONS = (
     "semclip-no-pclip",
     "semclip-no-head",
     "semclip-last-stage",
+    "semclip-no-membank",
+    "semclip-global-alpha",
     "semclip",
 )
 BASELINES = ("clip-zero", "winclip-zero", "winclip-few", "patchcore", "semclip")
