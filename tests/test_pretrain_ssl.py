@@ -196,6 +196,28 @@ def test_ssl_loss_decreases_against_a_fixed_teacher(unlabeled_dir: Path, tmp_pat
     assert np.mean(loss[-4:]) < np.mean(loss[:4])
 
 
+def test_feature_prediction_loss_decreases_and_its_teacher_follows_the_trunk(
+    unlabeled_dir: Path, tmp_path: Path
+) -> None:
+    """The masked-feature objective: a dense target, so its loss falls within a few steps."""
+    features = replace(TINY.ssl, objective="features", momentum_start=1.0, mask_prob=1.0)
+    config = replace(TINY, steps=16, checkpoint_every=16, ssl=features)
+    result = pretrain(
+        config, work_dir=tmp_path / "w", out_dir=tmp_path / "b", unlabeled=unlabeled_dir,
+        progress=False,
+    )  # fmt: skip
+    loss = [h["loss_ssl_patch"] for h in result.history]
+    assert np.mean(loss[-4:]) < np.mean(loss[:4])
+    assert result.collapsed is None and result.finished
+    towers = create_towers(PretrainConfig(model="semclip-tiny"))
+    ssl = SelfDistillation(towers.model.visual, SSLConfig(objective="features"))
+    names = {id(p) for p in ssl.student_parameters()}
+    assert {id(p) for p in ssl.patch_predictor.parameters()} <= names
+    assert not {id(p) for p in ssl.cls_head.parameters()} & names  # prototypes unused
+    with pytest.raises(ValueError, match="unknown SSL objective"):
+        SelfDistillation(towers.model.visual, SSLConfig(objective="nope"))
+
+
 def test_step_runs_on_a_sem_small_batch() -> None:
     """The objective runs on the CPU-sized config too (10 x 10 patches, local crops 64 px)."""
     towers = create_towers(PretrainConfig(model="semclip-sem-small"))

@@ -176,6 +176,13 @@ def _add_unlabeled_options(parser: argparse.ArgumentParser) -> None:
         "probe) before/after (default with --unlabeled: the zero-shot set)",
     )
     d = SSL_DEFAULTS
+    group.add_argument(
+        "--ssl-objective",
+        choices=("distill", "features"),
+        default=d.objective,
+        help="distill: iBOT/DINO prototype self-distillation; features: masked-feature "
+        f"prediction of the EMA teacher's tokens (default {d.objective})",
+    )
     group.add_argument("--ssl-weight", type=float, default=d.weight, help="SSL loss weight")
     group.add_argument("--ssl-prototypes", type=int, default=d.prototypes, help="K")
     group.add_argument("--ssl-local-crops", type=int, default=d.local_crops)
@@ -205,6 +212,7 @@ def _ssl_config(args: argparse.Namespace) -> SSLConfig | None:
         return None
     return replace(
         SSL_DEFAULTS,
+        objective=args.ssl_objective,
         weight=args.ssl_weight,
         prototypes=args.ssl_prototypes,
         local_crops=args.ssl_local_crops,

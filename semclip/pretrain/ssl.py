@@ -241,15 +241,25 @@ class SelfDistillation(nn.Module):
         self.teacher_patch_head = copy.deepcopy(self.patch_head).requires_grad_(False)
         self.register_buffer("cls_center", torch.zeros(config.prototypes))
         self.register_buffer("patch_center", torch.zeros(config.prototypes))
+        if config.objective == "features":  # predictors of the teacher's tokens (W -> W)
+            self.patch_predictor = nn.Linear(width, width)
+            self.cls_predictor = nn.Linear(width, width)
+        elif config.objective != "distill":
+            raise ValueError(f"unknown SSL objective {config.objective!r}: distill or features")
 
     def student_parameters(self) -> list[nn.Parameter]:
         """What the optimiser trains here (heads and mask token; the trunk is the model's)."""
+        if self.config.objective == "features":
+            predictors = [*self.patch_predictor.parameters(), *self.cls_predictor.parameters()]
+            return [self.mask_token, *predictors]
         return [self.mask_token, *self.cls_head.parameters(), *self.patch_head.parameters()]
 
     def forward(
         self, visual: nn.Module, views: Views, teacher_temp: float
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """SSL loss of one step and its collapse indicators (teacher entropies, feature std)."""
+        if self.config.objective == "features":
+            return self._feature_prediction(visual, views)
         cfg = self.config
         g, b = views.globals_.shape[:2]
         flat_globals = views.globals_.flatten(0, 1)  # (G·B, 3, S, S)
@@ -287,6 +297,57 @@ class SelfDistillation(nn.Module):
         }
         return loss, metrics
 
+    def _feature_prediction(
+        self, visual: nn.Module, views: Views
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Masked-feature prediction: dense regression targets, no prototypes to sharpen.
+
+        The teacher's clean tokens, layer-normalised per token (data2vec's targets), are what
+        the student must predict at its masked positions from the visible context: a signal
+        on every masked patch from the first step, where the prototype softmax of `distill`
+        stayed near uniform for the whole of a short CPU run. The [CLS] term asks each
+        student view to predict the teacher's [CLS] of the other global views (cosine).
+        """
+        g, b = views.globals_.shape[:2]
+        flat_globals = views.globals_.flatten(0, 1)  # (G·B, 3, S, S)
+        mask = views.masks.flatten(0, 1)  # (G·B, P)
+        with torch.no_grad():
+            t_tokens = trunk_tokens(self.teacher, flat_globals).float()  # (G·B, 1+P, W)
+            width = t_tokens.shape[-1]
+            t_norm = F.layer_norm(t_tokens, (width,))  # (G·B, 1+P, W)
+        s_tokens = trunk_tokens(visual, flat_globals, mask, self.mask_token)  # (G·B, 1+P, W)
+        if int(mask.sum()):
+            pred = self.patch_predictor(s_tokens[:, 1:][mask]).float()  # (M, W)
+            loss_patch = (1 - F.cosine_similarity(pred, t_norm[:, 1:][mask], dim=-1)).mean()
+        else:
+            loss_patch = s_tokens.sum() * 0.0
+        s_cls = [s_tokens[:, 0]]  # (G·B, W)
+        if views.locals_ is not None:
+            s_cls.append(trunk_tokens(visual, views.locals_.flatten(0, 1))[:, 0])
+        s_cls_all = self.cls_predictor(torch.cat(s_cls)).float().view(-1, b, width)  # (V, B, W)
+        t_cls = t_norm[:, 0].view(g, b, width)  # (G, B, W)
+        terms = [
+            (1 - F.cosine_similarity(s_cls_all[j], t_cls[i], dim=-1)).mean()
+            for i in range(g)
+            for j in range(s_cls_all.shape[0])
+            if j != i
+        ]
+        loss_cls = torch.stack(terms).mean()
+        cfg = self.config
+        loss = cfg.cls_weight * loss_cls + cfg.patch_weight * loss_patch
+        nan = float("nan")  # no softmax here: the entropy indicators do not apply
+        metrics = {
+            "loss_ssl_cls": float(loss_cls.detach()),
+            "loss_ssl_patch": float(loss_patch.detach()),
+            "teacher_entropy": nan,
+            "teacher_marginal_entropy": nan,
+            "patch_entropy": nan,
+            "patch_marginal_entropy": nan,
+            "patch_std": feature_std(t_tokens[:, 1:]),
+            "masked_share": float(mask.float().mean()),
+        }
+        return loss, metrics
+
     @torch.no_grad()
     def _update_centers(self, cls_cos: torch.Tensor, patch_cos: torch.Tensor) -> None:
         """EMA of the teacher's mean (uncentred) outputs, per prototype."""
@@ -303,6 +364,8 @@ class SelfDistillation(nn.Module):
             (self.teacher_cls_head, self.cls_head),
             (self.teacher_patch_head, self.patch_head),
         )
+        if self.config.objective == "features":
+            pairs = pairs[:1]  # the prototype heads are unused: only the trunk has a teacher
         for teacher, student in pairs:
             for t, s in zip(teacher.parameters(), student.parameters(), strict=True):
                 t.mul_(momentum).add_(s.detach(), alpha=1 - momentum)
