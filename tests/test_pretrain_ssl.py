@@ -57,7 +57,7 @@ TINY = PretrainConfig(
     log_every=1,
     checkpoint_every=2,
     cpu_bf16=False,  # fp32: the same numbers on every CPU
-    ssl=SSLConfig(prototypes=64, head_hidden=64, head_bottleneck=32),
+    ssl=SSLConfig(objective="distill", prototypes=64, head_hidden=64, head_bottleneck=32),
 )
 
 
@@ -168,7 +168,9 @@ def test_schedules_and_collapse_rules() -> None:
 def test_teacher_follows_the_student_by_ema_and_exports_the_trunk_only() -> None:
     towers = create_towers(PretrainConfig(model="semclip-tiny"))
     visual = towers.model.visual
-    ssl = SelfDistillation(visual, SSLConfig(prototypes=16, head_hidden=32, head_bottleneck=8))
+    ssl = SelfDistillation(
+        visual, SSLConfig(objective="distill", prototypes=16, head_hidden=32, head_bottleneck=8)
+    )
     with torch.no_grad():
         for p in visual.parameters():
             p.add_(1.0)
@@ -221,7 +223,7 @@ def test_feature_prediction_loss_decreases_and_its_teacher_follows_the_trunk(
 def test_step_runs_on_a_sem_small_batch() -> None:
     """The objective runs on the CPU-sized config too (10 x 10 patches, local crops 64 px)."""
     towers = create_towers(PretrainConfig(model="semclip-sem-small"))
-    cfg = SSLConfig(prototypes=32, head_hidden=32, head_bottleneck=16)
+    cfg = SSLConfig(objective="distill", prototypes=32, head_hidden=32, head_bottleneck=16)
     ssl = SelfDistillation(towers.model.visual, cfg)
     g = torch.Generator().manual_seed(0)
     views = Views(
