@@ -367,7 +367,8 @@ def test_partition_rewrite_is_idempotent_and_keeps_earlier_rows(bucket: BucketCa
         ("c", "s4", "1", "particle"),
     ]
     assert _content(read_partition(fs, root, DAY)) == expected
-    assert len(second.files) == 1 and set(second.files).isdisjoint(first.files)  # no stale file
+    assert second.files == first.files  # one object, replaced in place: no stale file
+    assert first.files[0].endswith("/date=2026-11-01/part-0.parquet")
 
     again = write_partition(fs, root, DAY, second_rows)  # the same run again: same rows
     assert (again.rows_new, again.rows_kept, again.rows_replaced) == (4, 1, 4)
