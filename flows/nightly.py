@@ -2,7 +2,9 @@
 
 Recipe: validate → resolve the model → list raw/<date>/ → read ids and KLARF positions →
 predict shard by shard (one GPU job at a time, through the strict "semclip-gpu" limit) → rewrite
-predictions/date=<date>/ as the union of the rows kept and the new ones → report counts.
+predictions/date=<date>/ as the union of the rows kept and the new ones → report counts. The
+per-date lock "semclip-date-<date>" is held from reading the done hashes to the write, so two
+runs of one date (nightly and backfill) end with the union of their rows.
 Re-runs and backfills of a date are idempotent: images already predicted by the same model
 version (same bytes) are kept, not recomputed.
 """
@@ -14,14 +16,13 @@ from collections.abc import Sequence
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.concurrency.sync import concurrency
 from pydantic import BaseModel
 
 from flows.params import NightlyParams
 from semclip.registry.client import Registry
 from semclip.registry.refs import ModelRef
 from semclip.settings import get_settings
-from tasks.common import GPU_LIMIT, BucketRef, current_flow_run_id
+from tasks.common import GPU_LIMIT, BucketRef, current_flow_run_id, date_limit, hold_slot
 from tasks.inference import (
     ShardResult,
     WriteResult,
@@ -99,29 +100,38 @@ def nightly_inference(
         logger.warning("no images under raw/%s/ in %s: nothing to do", params.run_date, bucket.url)
         return _report(params.run_date, model, 0, [], None, [])
     described = describe_images(bucket, params.run_date, uris, settings.path_regex)
-    done = read_done_hashes(bucket, params.run_date, model.version)
     run_id = current_flow_run_id()
+    slots = {
+        "lease_s": settings.slot_lease_s,
+        "timeout_s": settings.slot_timeout_s,
+        "flow_run_id": run_id,
+    }
     shards: list[ShardResult] = []
-    with concurrency(GPU_LIMIT, occupy=1, strict=True):
-        for index, start in enumerate(range(0, len(uris), settings.batch_size)):
-            shard = uris[start : start + settings.batch_size]
-            fields = {uri: described.fields[uri] for uri in shard}
-            shards.append(
-                predict_shard(
-                    bucket,
-                    registry,
-                    model,
-                    params.run_date,
-                    index,
-                    shard,
-                    fields=fields,
-                    done_hashes=done,
-                    flow_run_id=run_id,
-                    tiff_page=settings.tiff_page,
+    # One writer per date, from reading what is done to writing the union: another run of
+    # this date (a backfill) waits here, then reads this run's rows. Taken before the GPU
+    # slot, as every flow does, so the two locks cannot deadlock.
+    with hold_slot(date_limit(params.run_date), create=True, **slots):
+        done = read_done_hashes(bucket, params.run_date, model.version)
+        with hold_slot(GPU_LIMIT, **slots):
+            for index, start in enumerate(range(0, len(uris), settings.batch_size)):
+                shard = uris[start : start + settings.batch_size]
+                fields = {uri: described.fields[uri] for uri in shard}
+                shards.append(
+                    predict_shard(
+                        bucket,
+                        registry,
+                        model,
+                        params.run_date,
+                        index,
+                        shard,
+                        fields=fields,
+                        done_hashes=done,
+                        flow_run_id=run_id,
+                        tiff_page=settings.tiff_page,
+                    )
                 )
-            )
-    staged = [s.staged_uri for s in shards if s.staged_uri]
-    written = write_predictions(bucket, params.run_date, staged, run_id)
+        staged = [s.staged_uri for s in shards if s.staged_uri]
+        written = write_predictions(bucket, params.run_date, staged, run_id)
     report = _report(params.run_date, model, len(uris), shards, written, described.klarf_errors)
     logger.info(
         "%s: %d images, %d predicted, %d kept, %d quarantined, %d rows in %s",

@@ -12,7 +12,6 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.concurrency.sync import concurrency
 from pydantic import BaseModel
 
 from flows.params import RefitParams
@@ -21,7 +20,7 @@ from semclip.refit.gate import GateConfig
 from semclip.refit.shots import RefitError
 from semclip.registry.client import Registry
 from semclip.settings import get_settings
-from tasks.common import GPU_LIMIT, BucketRef, current_flow_run_id
+from tasks.common import GPU_LIMIT, BucketRef, current_flow_run_id, hold_slot
 from tasks.refit import (
     decide_promotion,
     evaluate_models,
@@ -150,7 +149,12 @@ def refit(
         "n_holdout": len(split.holdout),
         "flow_run_id": run_id,
     }
-    with concurrency(GPU_LIMIT, occupy=1, strict=True):
+    with hold_slot(
+        GPU_LIMIT,
+        lease_s=settings.slot_lease_s,
+        timeout_s=settings.slot_timeout_s,
+        flow_run_id=current_flow_run_id(),
+    ):
         candidate = fit_candidate(
             bucket,
             split.support,

@@ -89,6 +89,20 @@ class SemclipSettings(BaseSettings):
     )
     tiff_page: int = Field(0, ge=0, description="Page of a multi-page TIFF (detector) to read.")
     batch_size: int = Field(32, ge=1, description="Images per inference batch.")
+    slot_lease_s: int = Field(
+        60,
+        ge=60,
+        le=86400,
+        description="Lease of a Prefect concurrency slot (semclip-gpu, the per-date lock), "
+        "renewed while held: a killed run frees its slots this long after it died "
+        "(Prefect's minimum is 60).",
+    )
+    slot_timeout_s: int = Field(
+        3600,
+        ge=1,
+        description="Seconds a run waits for a concurrency slot before failing with the "
+        "command that shows and frees it.",
+    )
     holdout_fraction: float = Field(
         0.2, gt=0.0, lt=1.0, description="Share of confirmed images held out, by content hash."
     )

@@ -4,8 +4,9 @@ Idempotency: a shard reads each image's bytes, and an image whose (content hash,
 version) already has a row in the date's partition is not predicted again; the final write
 (:func:`semclip.io.partitions.write_partition`) rewrites the partition as the union of the
 rows kept and the new ones. Shards hand their rows to the write step through small staged
-Parquet files under ``staging/`` in the bucket, so tasks pass URIs, and a failed write can
-be retried without predicting again.
+Parquet files under ``_staging/nightly/`` in the bucket (never under ``predictions/``, where
+readers would see them), so tasks pass URIs, and a failed write can be retried without
+predicting again.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import logging
-import uuid
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,7 @@ from semclip.io.partitions import PartitionWrite, existing_keys, read_partition,
 from semclip.io.paths import list_raw_images
 from semclip.io.pipeline_schema import PIPELINE_PREDICTION_SCHEMA, pipeline_records_to_table
 from semclip.io.quarantine import write_quarantine
+from semclip.io.staging import is_local, staging_path
 from semclip.prediction import Prediction
 from semclip.registry.client import Registry
 from semclip.registry.refs import ModelRef
@@ -197,8 +199,8 @@ def _quarantine_row(uri: str, reason: str | None, flow_run_id: str | None) -> di
 def _stage(
     fs: Any, root: str, run_date: dt.date, flow_run_id: str | None, index: int, table: pa.Table
 ) -> str:
-    run = flow_run_id or uuid.uuid4().hex
-    path = f"{root}/staging/nightly/date={run_date.isoformat()}/{run}/shard-{index:05d}.parquet"
+    run = flow_run_id or "local"
+    path = staging_path(root, "nightly", run_date, f"{run}-shard-{index:05d}.parquet")
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
     with fs.open(path, "wb") as f:
         pq.write_table(table, f)
@@ -212,13 +214,20 @@ def _read_staged(fs: Any, uri: str) -> pa.Table:
 
 
 def _remove_staged(fs: Any, staged_uris: list[str]) -> None:
-    """Delete the staged shard files and their run folder (a local bucket keeps folders)."""
+    """Delete this run's staged shard files (and, on a local disk, folders left empty).
+
+    Only its own files: the date's staging folder may hold another run's shards. Files of a
+    run that died before this point are swept by age (:func:`semclip.io.staging.sweep_orphans`,
+    on the next partition write).
+    """
     folders = {fs._strip_protocol(uri).rsplit("/", 1)[0] for uri in staged_uris}
     for uri in staged_uris:
-        fs.rm(fs._strip_protocol(uri))
-    for folder in folders:
-        with contextlib.suppress(FileNotFoundError):  # object stores have no folders
-            fs.rm(folder, recursive=True)
+        with contextlib.suppress(FileNotFoundError):
+            fs.rm(fs._strip_protocol(uri))
+    if is_local(fs):
+        for folder in folders:
+            with contextlib.suppress(OSError):  # only when empty
+                os.rmdir(folder)
 
 
 def _drop_duplicate_hashes(

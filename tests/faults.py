@@ -22,6 +22,7 @@ filesystem's ``pipe_file`` goes straight to the store and is not seen.) Reads ar
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fnmatch
 import os
@@ -118,10 +119,8 @@ class _FaultyFile:
 
 
 def _sync(inner: Any) -> None:
-    try:
+    with contextlib.suppress(AttributeError, OSError, ValueError):  # an object-store buffer
         os.fsync(inner.fileno())
-    except (AttributeError, OSError, ValueError):
-        pass  # an object-store buffer: nothing on disk to sync
 
 
 def inject_faults(

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from faults import Fault, inject_faults, run_python
+
 from semclip.io.partitions import (
     CORRUPT_DIR,
     PART_FILE,
@@ -138,7 +138,8 @@ def test_old_layout_is_read_then_replaced_by_one_fixed_object(bucket: BucketCase
     assert result.files == (fs.unstrip_protocol(f"{root}/predictions/date={DAY}/{PART_FILE}"),)
     assert (result.rows_new, result.rows_kept, result.rows_replaced) == (2, 9, 0)
     table = read_partition(fs, root, DAY)
-    assert _uris(table) == sorted(_uris(_rows("a", 5)) + _uris(_rows("b", 4)) + _uris(_rows("c", 2)))
+    expected = _uris(_rows("a", 5)) + _uris(_rows("b", 4)) + _uris(_rows("c", 2))
+    assert _uris(table) == sorted(expected)
     assert table.column("lot_id").null_count == 4
 
 
