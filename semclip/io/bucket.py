@@ -4,13 +4,16 @@ Layout under the bucket root::
 
     raw/<YYYY-MM-DD>/…/<image>.{png,tif,tiff,jpg,jpeg}   (+ a KLARF beside the images)
     confirmed/…/*.{csv,parquet}                           engineer-reviewed labels
-    predictions/date=<YYYY-MM-DD>/*.parquet               one hive partition per raw date
+    predictions/date=<YYYY-MM-DD>/part-0.parquet          one hive partition (one object) per date
     quarantine/date=<YYYY-MM-DD>/<uuid>.parquet           inputs that could not be used
+    quarantine/corrupt/date=<YYYY-MM-DD>/…                unreadable prediction files, moved aside
+    _staging/…                                            temporary files (see semclip.io.staging)
 
 One module per part: :mod:`~semclip.io.paths` (raw images, path ids),
 :mod:`~semclip.io.klarf_join` (ids and positions from a KLARF), :mod:`~semclip.io.confirmed`,
 :mod:`~semclip.io.quarantine`, :mod:`~semclip.io.partitions` (predictions),
-:mod:`~semclip.io.fetch` (bytes of many URIs at once).
+:mod:`~semclip.io.fetch` (bytes of many URIs at once), :mod:`~semclip.io.staging` (atomic
+replacement through ``_staging/``).
 
 Functions take ``(fs, root)`` from :func:`open_bucket` (``root`` is a path inside ``fs``,
 without protocol) and hand back full URIs (``s3://…``, ``file:///…``), which is what the
