@@ -27,6 +27,7 @@ from tasks.inference import (
     ShardResult,
     WriteResult,
     describe_images,
+    discard_staged,
     list_images,
     predict_shard,
     read_done_hashes,
@@ -110,28 +111,32 @@ def nightly_inference(
     # One writer per date, from reading what is done to writing the union: another run of
     # this date (a backfill) waits here, then reads this run's rows. Taken before the GPU
     # slot, as every flow does, so the two locks cannot deadlock.
-    with hold_slot(date_limit(params.run_date), create=True, **slots):
-        done = read_done_hashes(bucket, params.run_date, model.version)
-        with hold_slot(GPU_LIMIT, **slots):
-            for index, start in enumerate(range(0, len(uris), settings.batch_size)):
-                shard = uris[start : start + settings.batch_size]
-                fields = {uri: described.fields[uri] for uri in shard}
-                shards.append(
-                    predict_shard(
-                        bucket,
-                        registry,
-                        model,
-                        params.run_date,
-                        index,
-                        shard,
-                        fields=fields,
-                        done_hashes=done,
-                        flow_run_id=run_id,
-                        tiff_page=settings.tiff_page,
+    try:
+        with hold_slot(date_limit(params.run_date), create=True, **slots):
+            done = read_done_hashes(bucket, params.run_date, model.version)
+            with hold_slot(GPU_LIMIT, **slots):
+                for index, start in enumerate(range(0, len(uris), settings.batch_size)):
+                    shard = uris[start : start + settings.batch_size]
+                    fields = {uri: described.fields[uri] for uri in shard}
+                    shards.append(
+                        predict_shard(
+                            bucket,
+                            registry,
+                            model,
+                            params.run_date,
+                            index,
+                            shard,
+                            fields=fields,
+                            done_hashes=done,
+                            flow_run_id=run_id,
+                            tiff_page=settings.tiff_page,
+                        )
                     )
-                )
-        staged = [s.staged_uri for s in shards if s.staged_uri]
-        written = write_predictions(bucket, params.run_date, staged, run_id)
+            staged = [s.staged_uri for s in shards if s.staged_uri]
+            written = write_predictions(bucket, params.run_date, staged, run_id)
+    except Exception:
+        discard_staged(bucket, [s.staged_uri for s in shards if s.staged_uri])
+        raise
     report = _report(params.run_date, model, len(uris), shards, written, described.klarf_errors)
     logger.info(
         "%s: %d images, %d predicted, %d kept, %d quarantined, %d rows in %s",

@@ -42,6 +42,7 @@ __all__ = [
     "ShardResult",
     "WriteResult",
     "describe_images",
+    "discard_staged",
     "list_images",
     "predict_shard",
     "prediction_rows",
@@ -174,6 +175,14 @@ def write_predictions(
     quarantined = write_quarantine(fs, root, run_date, duplicates)
     _remove_staged(fs, staged_uris)
     return WriteResult(result, len(duplicates), quarantined)
+
+
+@task(name="discard_staged", cache_policy=NO_CACHE)
+def discard_staged(bucket: BucketRef, staged_uris: list[str]) -> None:
+    """Remove a failed run's staged shard files: no later run can use them (it predicts
+    again), and leaving them would only wait for the orphan sweep."""
+    fs, _ = bucket.open()
+    _remove_staged(fs, staged_uris)
 
 
 def prediction_rows(
