@@ -8,6 +8,7 @@ and failure behaviour, never prediction quality.
 from __future__ import annotations
 
 import datetime as dt
+import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -333,6 +334,48 @@ def test_refit_registers_champion_then_gates_an_equal_candidate(
 def test_refit_without_confirmed_shots_fails_clearly(pipeline_env: PipelineEnv) -> None:
     message = _failure(refit(backbone="semclip-tiny", return_state=True))
     assert "no confirmed shots" in message
+
+
+def test_refit_without_backbone_settings_fits_on_the_champions_backbone(
+    kit: Kit, pipeline_env: PipelineEnv, monkeypatch: pytest.MonkeyPatch, unreachable_hub: str
+) -> None:
+    """`prefect deployment run 'refit/weekly'` as deployed: no parameters, no backbone setting,
+    no hub. The champion's own backbone (inside its model version) is what it fits with."""
+    monkeypatch.setenv("SEMCLIP_SUPPORT_CAP_PER_CLASS", "1")
+    kit.write_confirmed(pipeline_env.fs, pipeline_env.root, {"good": 3, "bridge": 3})
+
+    report = refit(fit=kit.FAST_FIT)
+
+    registry = pipeline_env.registry
+    assert report.version == "2" and report.previous_champion == "1"
+    assert report.backbone.startswith("semclip-tiny") and report.random_backbone
+    fitted = registry.load("2").backbone
+    assert (fitted.name, fitted.random_weights) == ("semclip-tiny", True)
+    params = registry.client().get_run(registry.resolve("2").run_id).data.params
+    assert params["backbone"] == "semclip-tiny"
+    assert params["backbone_source"].endswith("from champion v1")
+
+
+def test_refit_with_no_backbone_and_no_champion_fails_in_seconds(
+    kit: Kit,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    registry_templates: Any,
+    unreachable_hub: str,
+) -> None:
+    url = f"file://{tmp_path / 'bucket'}"
+    fs, root = open_bucket(url, create=True)
+    registry = kit.copy_registry(registry_templates, "empty", tmp_path / "registry")
+    kit.use_environment(monkeypatch, tmp_path / "home", url, None, registry)
+    kit.write_confirmed(fs, root, {"good": 2, "bridge": 2})
+    start = time.monotonic()
+
+    message = _failure(refit(fit=kit.FAST_FIT, return_state=True))
+
+    assert time.monotonic() - start < 20
+    for setting in ("SEMCLIP_BACKBONE", "SEMCLIP_PRETRAINED", "--param backbone"):
+        assert setting in message
+    assert registry.versions() == []
 
 
 # --------------------------------------------------------------------------- deployments
