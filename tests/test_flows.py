@@ -289,6 +289,30 @@ def test_backfill_keys_carry_date_and_request_id() -> None:
     assert params.idempotency_key(dt.date(2026, 10, 2)) == "semclip-backfill/abc/2026-10-02"
 
 
+def test_rerun_after_a_promotion_counts_each_image_once(
+    kit: Kit, pipeline_env: PipelineEnv, small_model_dir: Path
+) -> None:
+    """The issue's 28 rows for 14 images: history stays, the summary counts current rows."""
+    from tasks.common import BucketRef
+    from tasks.demo import summarize_predictions
+
+    fs, root, registry = pipeline_env.fs, pipeline_env.root, pipeline_env.registry
+    kit.write_raw_dump(fs, root, kit.RUN_DATE, 4, corrupt=False)
+    nightly_inference(run_date=kit.RUN_DATE.isoformat())
+    registry.promote(registry.log_version(small_model_dir, run_name="v2").version)
+
+    rerun = nightly_inference(run_date=kit.RUN_DATE.isoformat())
+
+    assert rerun.model_version == "2" and rerun.rows_total == 8  # v1's rows kept as history
+    bucket = BucketRef(pipeline_env.bucket_url, None)
+    summary = summarize_predictions.fn(bucket, [kit.RUN_DATE], registry)
+    assert (summary.rows, summary.history_rows) == (4, 8)
+    assert summary.model_versions == ["2"] and summary.champion == "2"
+    assert sum(summary.by_class.values()) == 4
+    registry.promote("1")  # a rollback makes v1's rows current again, with no re-run
+    assert summarize_predictions.fn(bucket, [kit.RUN_DATE], registry).model_versions == ["1"]
+
+
 # --------------------------------------------------------------------------- refit
 
 
