@@ -313,6 +313,37 @@ def test_rerun_after_a_promotion_counts_each_image_once(
     assert summarize_predictions.fn(bucket, [kit.RUN_DATE], registry).model_versions == ["1"]
 
 
+def test_nightly_rows_carry_pixel_size_from_the_file_else_the_setting(
+    kit: Kit, pipeline_env: PipelineEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A TIFF with resolution tags (5 nm/px) keeps its own size; PNGs without metadata
+    take SEMCLIP_PIXEL_SIZE_NM; defect_area_nm2 follows from each."""
+    import io
+
+    import numpy as np
+    import tifffile
+    from PIL import Image
+
+    fs, root = pipeline_env.fs, pipeline_env.root
+    pngs = kit.write_raw_dump(fs, root, kit.RUN_DATE, 2, corrupt=False)
+    pixels = np.asarray(Image.open(io.BytesIO(kit.synth_png("particle", 5))))
+    out = io.BytesIO()  # 2e6 px per cm = 5 nm per pixel
+    tifffile.imwrite(out, pixels, resolution=(2e6, 2e6), resolutionunit="CENTIMETER")
+    tif = f"{root}/raw/{kit.RUN_DATE.isoformat()}/LOT7/W03/D0009.tif"
+    fs.pipe_file(tif, out.getvalue())
+    monkeypatch.setenv("SEMCLIP_PIXEL_SIZE_NM", "2.5")
+
+    nightly_inference(run_date=kit.RUN_DATE.isoformat())
+
+    rows = {r["image_uri"]: r for r in read_partition(fs, root, kit.RUN_DATE).to_pylist()}
+    expected = {fs.unstrip_protocol(tif): (5.0, "tiff")}
+    expected.update({fs.unstrip_protocol(p): (2.5, "setting") for p in pngs})
+    assert {u: (r["pixel_size_nm"], r["pixel_size_source"]) for u, r in rows.items()} == expected
+    for row in rows.values():
+        size = row["pixel_size_nm"]
+        assert row["defect_area_nm2"] == pytest.approx(row["defect_area_px"] * size**2)
+
+
 # --------------------------------------------------------------------------- refit
 
 
