@@ -28,6 +28,7 @@ from flows.params import today_in
 from flows.refit import RefitReport, refit
 from flows.setup import ensure_gpu_limit
 from semclip.backbone import offline_or_tiny_backbone
+from semclip.registry.client import Registry
 from semclip.settings import get_settings
 from tasks.common import BucketRef
 from tasks.demo import PredictionSummary, seed_demo_bucket, summarize_predictions
@@ -74,7 +75,8 @@ def demo_pipeline(
         fit={**DEMO_FIT, "seed": seed},
     )
     nightly = [nightly_inference(run_date=d.isoformat()) for d in dates]
-    summary: PredictionSummary = summarize_predictions(bucket, dates)
+    registry = Registry.from_settings(settings)
+    summary: PredictionSummary = summarize_predictions(bucket, dates, registry)
     logger.info("demo done: %d prediction rows for %s", summary.rows, dates)
     return DemoSummary(
         bucket=bucket.url,
@@ -115,7 +117,14 @@ def format_summary(summary: DemoSummary) -> str:
             f"{n.predicted} predicted, {n.kept} kept from earlier runs, "
             f"{n.quarantined} quarantined, {n.rows_total} rows"
         )
-    lines += ["", f"predicted classes ({p['rows']} rows, {p['needs_review']} need review):"]
+    older = p.get("history_rows", p["rows"]) - p["rows"]
+    lines += [
+        "",
+        f"predicted classes ({p['rows']} images, one current row each; "
+        f"{p['needs_review']} need review):",
+    ]
+    if older:
+        lines.append(f"  ({older} older rows of other versions or bytes kept as history)")
     lines += [f"  {label:<16} {count:>5}" for label, count in sorted(p["by_class"].items())]
     lines.append("by lot/wafer:")
     for key, counts in sorted(p["by_lot_wafer"].items()):

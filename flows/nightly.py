@@ -130,6 +130,7 @@ def nightly_inference(
                             done_hashes=done,
                             flow_run_id=run_id,
                             tiff_page=settings.tiff_page,
+                            pixel_size_nm=settings.pixel_size_nm,
                         )
                     )
             staged = [s.staged_uri for s in shards if s.staged_uri]

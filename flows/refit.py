@@ -15,13 +15,13 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel
 
 from flows.params import RefitParams
-from semclip.backbone import DEFAULT_MODEL, resolve_pretrained
 from semclip.refit.gate import GateConfig
 from semclip.refit.shots import RefitError
 from semclip.registry.client import Registry
 from semclip.settings import get_settings
 from tasks.common import GPU_LIMIT, BucketRef, current_flow_run_id, hold_slot
 from tasks.refit import (
+    choose_refit_backbone,
     decide_promotion,
     evaluate_models,
     fit_candidate,
@@ -125,8 +125,17 @@ def refit(
     logger = get_run_logger()
     bucket = BucketRef.from_settings(settings)
     registry = Registry.from_settings(settings)
-    backbone_name = params.backbone or settings.backbone or DEFAULT_MODEL
-    weights = resolve_pretrained(backbone_name, params.pretrained or settings.pretrained)
+    # first, so a worker that cannot get its weights fails in seconds, before any reading
+    champion = resolve_champion(registry)
+    chosen = choose_refit_backbone(
+        registry,
+        champion,
+        params.backbone,
+        params.pretrained,
+        settings.backbone,
+        settings.pretrained,
+    )
+    logger.info("backbone: %s", chosen.describe())
     fraction, cap = settings.holdout_fraction, settings.support_cap_per_class
     gate_config = GateConfig(
         min_f1_gain=_pick(params.gate_min_f1_gain, settings.gate_min_f1_gain),
@@ -138,7 +147,6 @@ def refit(
         raise RefitError(f"no confirmed shots under {bucket.url}/confirmed/: nothing to fit on")
     hashed, unreadable = hash_confirmed_shots(bucket, shots)
     split = split_confirmed_shots(hashed, fraction, cap)
-    champion = resolve_champion(registry)
     run_id = current_flow_run_id() or "local"
     staging = settings.home / "staging" / "refit" / run_id
     lineage = {
@@ -158,8 +166,7 @@ def refit(
         candidate = fit_candidate(
             bucket,
             split.support,
-            backbone=backbone_name,
-            pretrained=weights,
+            backbone=chosen,
             fit_config=params.fit_config().to_dict(),
             databar={"top": params.databar_top, "bottom": params.databar_bottom},
             model_name=registry.model_name,
@@ -172,8 +179,11 @@ def refit(
         logger.warning(RANDOM_BACKBONE_BANNER)
     decision = decide_promotion(evaluation, champion is not None, gate_config)
     logged_params = {
-        "backbone": backbone_name,
-        "pretrained": weights,
+        "backbone": chosen.recorded_name or chosen.name,
+        "pretrained": chosen.recorded_pretrained
+        if chosen.source == "champion"
+        else chosen.pretrained,
+        "backbone_source": chosen.describe(),
         "fit": params.fit_config().to_dict(),
         "databar": {"top": params.databar_top, "bottom": params.databar_bottom},
         "gate": {

@@ -7,14 +7,18 @@ A random-weight backbone is allowed for tests and offline demos, and is said lou
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import logging
 import os
+import socket
+import urllib.request
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import open_clip
 import torch
@@ -31,6 +35,15 @@ WEIGHTS_FILE = "open_clip_model.safetensors"
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 NONE_WORDS = frozenset({"none", "null", "random", ""})  # --pretrained values meaning random weights
 OFFLINE_BACKBONE_DIR = "backbones/semclip-sem-small"  # under $SEMCLIP_HOME; `make backbone`
+HUB_PROBE_TIMEOUT_S = 3.0  # how long to wait for the weights' host before failing
+DEFAULT_HF_ENDPOINT = "https://huggingface.co"
+OFFLINE_OPTIONS = (
+    f"pass a local checkpoint file (--pretrained /path/to/open_clip_pytorch_model.bin, or "
+    f"SEMCLIP_PRETRAINED=FILE), an open_clip folder (--backbone {LOCAL_DIR_PREFIX}PATH, or "
+    f"SEMCLIP_BACKBONE={LOCAL_DIR_PREFIX}PATH; `make backbone` builds one), for a refit "
+    f"deployment --param backbone={LOCAL_DIR_PREFIX}PATH / --param pretrained=FILE, or, for "
+    f"tests and demos only, --backbone {TINY_MODEL} --pretrained none (random weights)"
+)
 RANDOM_WEIGHTS_WARNING = (
     "RANDOM WEIGHTS: backbone '{name}' has no pretrained weights; every score it gives is a "
     "plumbing check, not a quality figure"
@@ -199,16 +212,77 @@ def _create(name: str, pretrained: str | None) -> open_clip.CLIP:
 
 
 def _create_from_tag(name: str, tag: str) -> open_clip.CLIP:
+    check_weights_reachable(name, tag)
     try:
         return _create(name, tag)
     except Exception as exc:  # open_clip wraps every download failure in RuntimeError
         raise BackboneError(
             f"cannot get pretrained weights '{tag}' for {name} (no network or no hub access?): "
-            f"{_first_line(exc)}. Offline, pass a local checkpoint file "
-            f"(--pretrained /path/to/open_clip_pytorch_model.bin), an open_clip folder "
-            f"(--backbone {LOCAL_DIR_PREFIX}PATH), or, for tests and demos only, "
-            f"--backbone {TINY_MODEL} --pretrained none (random weights)"
+            f"{_first_line(exc)}. Offline, {OFFLINE_OPTIONS}"
         ) from exc
+
+
+def check_weights_reachable(name: str, tag: str, timeout_s: float = HUB_PROBE_TIMEOUT_S) -> None:
+    """Raise BackboneError within ``timeout_s`` when a hub tag's weights cannot be had.
+
+    Weights already in the local hub cache are fine. Otherwise one TCP connection to the
+    download host (or the HTTPS proxy) is tried once: huggingface_hub itself retries with
+    back-off for about a minute per file before open_clip gives up, which is how a refit
+    used to fail after 56 s on an air-gapped worker.
+    """
+    cfg = open_clip.get_pretrained_cfg(name, tag)
+    if not cfg or "file" in cfg or _weights_cached(cfg):
+        return
+    url = _download_url(cfg)
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        problem = "HF_HUB_OFFLINE is set and the weights are not in the local hub cache"
+    else:
+        problem = _unreachable(url, timeout_s)
+    if problem:
+        raise BackboneError(
+            f"cannot get pretrained weights '{tag}' for {name}: {problem}. Offline, "
+            f"{OFFLINE_OPTIONS}"
+        )
+
+
+def _weights_cached(cfg: dict[str, Any]) -> bool:
+    """Whether open_clip would find the tag's file without a download."""
+    hub = cfg.get("hf_hub", "")
+    if hub:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, filename = os.path.split(hub)
+        names = {filename or "open_clip_pytorch_model.bin", "open_clip_model.safetensors"}
+        return any(isinstance(try_to_load_from_cache(repo, n), str) for n in names)
+    url = cfg.get("url", "")
+    return bool(url) and (Path("~/.cache/clip").expanduser() / os.path.basename(url)).is_file()
+
+
+def _download_url(cfg: dict[str, Any]) -> str:
+    if cfg.get("hf_hub"):
+        return os.environ.get("HF_ENDPOINT", "").strip() or DEFAULT_HF_ENDPOINT
+    return str(cfg.get("url", ""))
+
+
+def _unreachable(url: str, timeout_s: float) -> str | None:
+    """Why ``url``'s host (or the proxy for it) takes no connection, or None when it does."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+    proxy = urllib.request.getproxies().get(parts.scheme or "https")
+    if proxy and not urllib.request.proxy_bypass(host):
+        proxy_parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = proxy_parts.hostname or "", proxy_parts.port or 80
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    future = pool.submit(socket.create_connection, (host, port), timeout_s)
+    try:
+        future.result(timeout=timeout_s + 0.5).close()  # DNS has no timeout of its own
+        return None
+    except concurrent.futures.TimeoutError:
+        return f"no answer from {host}:{port} within {timeout_s:g} s"
+    except OSError as exc:
+        return f"cannot connect to {host}:{port} ({exc})"
+    finally:
+        pool.shutdown(wait=False)
 
 
 def _check_checkpoint_file(name: str, pretrained: str, tags: list[str]) -> None:

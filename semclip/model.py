@@ -385,7 +385,10 @@ class SemclipModel:
     ) -> Prediction:
         probs = out.probs[j].float().cpu()
         top = int(probs.argmax())
-        pixel_nm = config.pixel_size_nm or image.pixel_size_nm
+        if config.pixel_size_nm:  # an explicit override (CLI --pixel-size-nm) wins
+            pixel_nm, pixel_source = config.pixel_size_nm, "setting"
+        else:
+            pixel_nm, pixel_source = image.pixel_size_nm, image.pixel_size_source
         masks = mask_outputs(
             out.score_map[j].float().cpu().numpy(),
             out.class_map[j].cpu().numpy(),
@@ -414,6 +417,8 @@ class SemclipModel:
             bbox=masks.stats.bbox,
             model_name=self.name,
             model_version=self.version,
+            pixel_size_nm=pixel_nm,
+            pixel_size_source=pixel_source if pixel_nm is not None else None,
         )
 
 

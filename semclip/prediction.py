@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -30,6 +30,8 @@ class Prediction:
     model_name: str
     model_version: str
     error: str | None = None
+    pixel_size_nm: float | None = None  # nm per pixel used for defect_area_nm2
+    pixel_size_source: str | None = None  # "tiff", "png", "jpeg" (file metadata) or "setting"
 
     @property
     def ok(self) -> bool:
@@ -80,3 +82,21 @@ class Prediction:
             model_version,
             error,
         )
+
+
+def fill_pixel_size(prediction: Prediction, pixel_size_nm: float | None, source: str) -> Prediction:
+    """``prediction`` with a fallback pixel size where its file carried none.
+
+    The file's own metadata always wins (it describes that very image); a fallback (the
+    pipeline's ``SEMCLIP_PIXEL_SIZE_NM``) fills the gap and sets ``defect_area_nm2`` from
+    ``defect_area_px``. Failed predictions and unknown sizes are returned unchanged.
+    """
+    if not prediction.ok or prediction.pixel_size_nm is not None or not pixel_size_nm:
+        return prediction
+    area = prediction.defect_area_px
+    return replace(
+        prediction,
+        pixel_size_nm=float(pixel_size_nm),
+        pixel_size_source=source,
+        defect_area_nm2=None if area is None else area * float(pixel_size_nm) ** 2,
+    )

@@ -137,6 +137,12 @@ class SemclipSettings(BaseSettings):
     pretrained: str | None = Field(
         None, description="Pretrained weights (tag, file or local-dir:); unset: project default."
     )
+    pixel_size_nm: float | None = Field(
+        None,
+        gt=0,
+        description="Nanometres per pixel of nightly images whose file carries no pixel size "
+        "(TIFF resolution/description, PNG pHYs/text); unset: defect_area_nm2 is null for them.",
+    )
     prefect_home: Path | None = Field(None, description="PREFECT_HOME for local runs.")
     prefect_startup_timeout_s: int = Field(
         180,

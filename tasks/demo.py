@@ -21,6 +21,8 @@ from prefect.cache_policies import NO_CACHE
 
 from semclip.io.quarantine import read_quarantine
 from semclip.io.query import summarize_dates
+from semclip.registry.client import Registry
+from semclip.registry.refs import CHAMPION
 from semclip.synth import LABELS, render_sample, sample_rng
 from semclip.synth.databar import databar_rows
 from tasks.common import IO_RETRIES, BucketRef
@@ -46,7 +48,7 @@ class DemoSeed:
 
 @dataclass(frozen=True)
 class PredictionSummary:
-    """Counts read back from the predictions Parquet of the given dates."""
+    """Counts of the current rows (one per image and date) of the given dates' Parquet."""
 
     rows: int
     by_class: dict[str, int]
@@ -55,6 +57,8 @@ class PredictionSummary:
     model_versions: list[str]
     quarantined: int  # distinct inputs in quarantine for these dates
     parquet_uri: str
+    history_rows: int = 0  # all rows, older versions' included (kept as history)
+    champion: str | None = None  # the version whose rows are current where it has one
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -111,10 +115,15 @@ def seed_demo_bucket(
 
 
 @task(name="summarize_predictions", cache_policy=NO_CACHE, **IO_RETRIES)
-def summarize_predictions(bucket: BucketRef, dates: list[dt.date]) -> PredictionSummary:
-    """Per-class and per-lot/wafer counts of the dates' partitions, read back with DuckDB."""
+def summarize_predictions(
+    bucket: BucketRef, dates: list[dt.date], registry: Registry | None = None
+) -> PredictionSummary:
+    """Per-class and per-lot/wafer counts of the dates' current rows, read back with DuckDB
+    through the ``predictions`` view (champion's row per image, else the newest)."""
     fs, root = bucket.open()
-    summary = summarize_dates(fs, root, dates)
+    ref = registry.alias(CHAMPION) if registry is not None else None
+    champion = (ref.name, ref.version) if ref is not None else None
+    summary = summarize_dates(fs, root, dates, champion=champion)
     quarantined = len(  # distinct inputs: a re-run quarantines the same file again
         {uri for d in dates for uri in read_quarantine(fs, root, d)["image_uri"].to_pylist()}
     )
@@ -126,6 +135,8 @@ def summarize_predictions(bucket: BucketRef, dates: list[dt.date]) -> Prediction
         model_versions=summary.model_versions,
         quarantined=quarantined,
         parquet_uri=fs.unstrip_protocol(f"{root}/predictions"),
+        history_rows=summary.history_rows,
+        champion=ref.version if ref is not None else None,
     )
 
 

@@ -33,7 +33,7 @@ from semclip.io.paths import list_raw_images
 from semclip.io.pipeline_schema import PIPELINE_PREDICTION_SCHEMA, pipeline_records_to_table
 from semclip.io.quarantine import write_quarantine
 from semclip.io.staging import is_local, staging_path
-from semclip.prediction import Prediction
+from semclip.prediction import Prediction, fill_pixel_size
 from semclip.registry.client import Registry
 from semclip.registry.refs import ModelRef
 from tasks.common import IO_RETRIES, BucketRef
@@ -119,6 +119,7 @@ def predict_shard(
     done_hashes: Iterable[str],
     flow_run_id: str | None,
     tiff_page: int = 0,
+    pixel_size_nm: float | None = None,
 ) -> ShardResult:
     """Predict the images of one shard that the partition lacks; quarantine unreadable ones.
 
@@ -142,7 +143,8 @@ def predict_shard(
         loaded = registry.load_cached(model)
         config = dataclasses.replace(loaded.predict_config, tiff_page=tiff_page)
         predictions = loaded.predict([b for _, b in todo], uris=[u for u, _ in todo], config=config)
-    good = [p for p in predictions if p.ok]
+    # the file's own pixel size wins; SEMCLIP_PIXEL_SIZE_NM fills in where it has none
+    good = [fill_pixel_size(p, pixel_size_nm, "setting") for p in predictions if p.ok]
     quarantine += [
         _quarantine_row(p.image_uri, p.error, flow_run_id) for p in predictions if not p.ok
     ]

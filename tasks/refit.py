@@ -15,6 +15,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from semclip.io.confirmed import read_confirmed
+from semclip.refit.backbone import BackboneChoice, choose_backbone
 from semclip.refit.decode import load_holdout, support_items
 from semclip.refit.evaluate import HoldoutMetrics, evaluate
 from semclip.refit.gate import GateConfig, GateDecision, gate
@@ -28,6 +29,7 @@ __all__ = [
     "Candidate",
     "Evaluation",
     "SplitResult",
+    "choose_refit_backbone",
     "decide_promotion",
     "evaluate_models",
     "fit_candidate",
@@ -95,13 +97,39 @@ def split_confirmed_shots(
     return SplitResult(select_support(train, cap_per_class), holdout, len(train))
 
 
+@task(name="choose_refit_backbone", cache_policy=NO_CACHE, **IO_RETRIES)
+def choose_refit_backbone(
+    registry: Registry,
+    champion: ModelRef | None,
+    backbone: str | None,
+    pretrained: str | None,
+    setting_backbone: str | None,
+    setting_pretrained: str | None,
+) -> BackboneChoice:
+    """Parameters > settings > the champion's own backbone > an error (never a silent hub).
+
+    The champion's model version is only downloaded when it is the one chosen.
+    """
+    explicit = any((backbone, pretrained, setting_backbone, setting_pretrained))
+    champion_dir = None
+    if champion is not None and not explicit:
+        champion_dir = str(registry.local_dir(champion))
+    return choose_backbone(
+        param_backbone=backbone,
+        param_pretrained=pretrained,
+        setting_backbone=setting_backbone,
+        setting_pretrained=setting_pretrained,
+        champion_dir=champion_dir,
+        champion_version=champion.version if champion is not None else None,
+    )
+
+
 @task(name="fit_candidate", cache_policy=NO_CACHE)
 def fit_candidate(
     bucket: BucketRef,
     support: list[Shot],
     *,
-    backbone: str,
-    pretrained: str | None,
+    backbone: BackboneChoice,
     fit_config: dict[str, Any],
     databar: dict[str, int],
     model_name: str,
@@ -111,16 +139,16 @@ def fit_candidate(
 ) -> Candidate:
     """Fit the heads on the support shots and save the model directory to ``out_dir``."""
     from semclip.artifact import save_model
-    from semclip.backbone import load_backbone
     from semclip.config import FitConfig
     from semclip.data.databar import DatabarCrop
     from semclip.model import SemclipModel, shots_per_class
+    from semclip.refit.backbone import load_chosen_backbone
 
     fs, _ = bucket.open()
     items, skipped = support_items(fs, support)
     if not items:
         raise RefitError("none of the support shots could be read: " + "; ".join(skipped[:5]))
-    loaded = load_backbone(backbone, pretrained, device)
+    loaded = load_chosen_backbone(backbone, device)
     model = SemclipModel.fit(
         loaded,
         items,

@@ -109,3 +109,23 @@ def check_prediction(pred: Prediction, shape: tuple[int, int]) -> np.ndarray:
 def assert_prediction_consistent() -> Callable[[Prediction, tuple[int, int]], np.ndarray]:
     """`check_prediction` as a fixture, so every test module can use it without imports."""
     return check_prediction
+
+
+@pytest.fixture
+def unreachable_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A weights hub that refuses every connection (a closed local port), an empty hub cache
+    and no proxy: what an air-gapped fab worker sees, without touching the real network."""
+    import socket
+
+    import huggingface_hub.constants as hf_constants
+
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens
+        probe.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    monkeypatch.setattr(hf_constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    return endpoint

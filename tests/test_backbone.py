@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -143,3 +144,20 @@ def test_default_tag_without_network_says_how_to_work_offline(tmp_path: Path) ->
     ).stdout
     assert DEFAULT_PRETRAINED in out and DEFAULT_MODEL in out
     assert "--pretrained" in out and "local-dir:" in out and "semclip-tiny" in out
+
+
+def test_hub_tag_fails_in_seconds_when_the_hub_cannot_be_reached(unreachable_hub: str) -> None:
+    """huggingface_hub alone retries for about a minute; the probe answers at once."""
+    start = time.monotonic()
+    with pytest.raises(BackboneError) as info:
+        load_backbone(DEFAULT_MODEL, DEFAULT_PRETRAINED, "cpu")
+    assert time.monotonic() - start < 10
+    message = str(info.value)
+    assert unreachable_hub.removeprefix("http://") in message
+    for option in (
+        "--pretrained",
+        "--backbone local-dir:",
+        "SEMCLIP_BACKBONE",
+        "SEMCLIP_PRETRAINED",
+    ):
+        assert option in message

@@ -7,6 +7,7 @@ import csv
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -207,3 +208,32 @@ def test_version_prints_the_installed_version(capsys: pytest.CaptureFixture) -> 
         main(["--version"])
     assert exit_.value.code == 0
     assert capsys.readouterr().out.strip() == f"semclip {version('semclip')}"
+
+
+def test_fit_offline_fails_fast_naming_what_to_pass(
+    synth_dir: Path,
+    tmp_path: Path,
+    unreachable_hub: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The README's `semclip fit` (default backbone) on a worker without the hub."""
+    for name in ("SEMCLIP_BACKBONE", "SEMCLIP_PRETRAINED"):
+        monkeypatch.delenv(name, raising=False)
+    start = time.monotonic()
+    assert fit(synth_dir, tmp_path / "m", "--shots", "1") == 2
+    assert time.monotonic() - start < 15
+    err = capsys.readouterr().err
+    for option in ("--backbone local-dir:", "--pretrained /path/", "SEMCLIP_BACKBONE"):
+        assert option in err
+    assert not (tmp_path / "m").exists()
+
+
+def test_fit_takes_its_backbone_from_the_settings(
+    synth_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SEMCLIP_BACKBONE", "semclip-tiny")
+    monkeypatch.setenv("SEMCLIP_PRETRAINED", "none")
+    assert fit(synth_dir, tmp_path / "m", "--shots", "1", "--no-augment") == 0
+    backbone = load_model(tmp_path / "m").backbone
+    assert backbone.name == "semclip-tiny" and backbone.random_weights

@@ -8,6 +8,7 @@ and failure behaviour, never prediction quality.
 from __future__ import annotations
 
 import datetime as dt
+import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -290,6 +291,61 @@ def test_backfill_keys_carry_date_and_request_id() -> None:
     assert params.idempotency_key(dt.date(2026, 10, 2)) == "semclip-backfill/abc/2026-10-02"
 
 
+def test_rerun_after_a_promotion_counts_each_image_once(
+    kit: Kit, pipeline_env: PipelineEnv, small_model_dir: Path
+) -> None:
+    """The issue's 28 rows for 14 images: history stays, the summary counts current rows."""
+    from tasks.common import BucketRef
+    from tasks.demo import summarize_predictions
+
+    fs, root, registry = pipeline_env.fs, pipeline_env.root, pipeline_env.registry
+    kit.write_raw_dump(fs, root, kit.RUN_DATE, 4, corrupt=False)
+    nightly_inference(run_date=kit.RUN_DATE.isoformat())
+    registry.promote(registry.log_version(small_model_dir, run_name="v2").version)
+
+    rerun = nightly_inference(run_date=kit.RUN_DATE.isoformat())
+
+    assert rerun.model_version == "2" and rerun.rows_total == 8  # v1's rows kept as history
+    bucket = BucketRef(pipeline_env.bucket_url, None)
+    summary = summarize_predictions.fn(bucket, [kit.RUN_DATE], registry)
+    assert (summary.rows, summary.history_rows) == (4, 8)
+    assert summary.model_versions == ["2"] and summary.champion == "2"
+    assert sum(summary.by_class.values()) == 4
+    registry.promote("1")  # a rollback makes v1's rows current again, with no re-run
+    assert summarize_predictions.fn(bucket, [kit.RUN_DATE], registry).model_versions == ["1"]
+
+
+def test_nightly_rows_carry_pixel_size_from_the_file_else_the_setting(
+    kit: Kit, pipeline_env: PipelineEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A TIFF with resolution tags (5 nm/px) keeps its own size; PNGs without metadata
+    take SEMCLIP_PIXEL_SIZE_NM; defect_area_nm2 follows from each."""
+    import io
+
+    import numpy as np
+    import tifffile
+    from PIL import Image
+
+    fs, root = pipeline_env.fs, pipeline_env.root
+    pngs = kit.write_raw_dump(fs, root, kit.RUN_DATE, 2, corrupt=False)
+    pixels = np.asarray(Image.open(io.BytesIO(kit.synth_png("particle", 5))))
+    out = io.BytesIO()  # 2e6 px per cm = 5 nm per pixel
+    tifffile.imwrite(out, pixels, resolution=(2e6, 2e6), resolutionunit="CENTIMETER")
+    tif = f"{root}/raw/{kit.RUN_DATE.isoformat()}/LOT7/W03/D0009.tif"
+    fs.pipe_file(tif, out.getvalue())
+    monkeypatch.setenv("SEMCLIP_PIXEL_SIZE_NM", "2.5")
+
+    nightly_inference(run_date=kit.RUN_DATE.isoformat())
+
+    rows = {r["image_uri"]: r for r in read_partition(fs, root, kit.RUN_DATE).to_pylist()}
+    expected = {fs.unstrip_protocol(tif): (5.0, "tiff")}
+    expected.update({fs.unstrip_protocol(p): (2.5, "setting") for p in pngs})
+    assert {u: (r["pixel_size_nm"], r["pixel_size_source"]) for u, r in rows.items()} == expected
+    for row in rows.values():
+        size = row["pixel_size_nm"]
+        assert row["defect_area_nm2"] == pytest.approx(row["defect_area_px"] * size**2)
+
+
 # --------------------------------------------------------------------------- refit
 
 
@@ -335,6 +391,48 @@ def test_refit_registers_champion_then_gates_an_equal_candidate(
 def test_refit_without_confirmed_shots_fails_clearly(pipeline_env: PipelineEnv) -> None:
     message = _failure(refit(backbone="semclip-tiny", return_state=True))
     assert "no confirmed shots" in message
+
+
+def test_refit_without_backbone_settings_fits_on_the_champions_backbone(
+    kit: Kit, pipeline_env: PipelineEnv, monkeypatch: pytest.MonkeyPatch, unreachable_hub: str
+) -> None:
+    """`prefect deployment run 'refit/weekly'` as deployed: no parameters, no backbone setting,
+    no hub. The champion's own backbone (inside its model version) is what it fits with."""
+    monkeypatch.setenv("SEMCLIP_SUPPORT_CAP_PER_CLASS", "1")
+    kit.write_confirmed(pipeline_env.fs, pipeline_env.root, {"good": 3, "bridge": 3})
+
+    report = refit(fit=kit.FAST_FIT)
+
+    registry = pipeline_env.registry
+    assert report.version == "2" and report.previous_champion == "1"
+    assert report.backbone.startswith("semclip-tiny") and report.random_backbone
+    fitted = registry.load("2").backbone
+    assert (fitted.name, fitted.random_weights) == ("semclip-tiny", True)
+    params = registry.client().get_run(registry.resolve("2").run_id).data.params
+    assert params["backbone"] == "semclip-tiny"
+    assert params["backbone_source"].endswith("from champion v1")
+
+
+def test_refit_with_no_backbone_and_no_champion_fails_in_seconds(
+    kit: Kit,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    registry_templates: Any,
+    unreachable_hub: str,
+) -> None:
+    url = f"file://{tmp_path / 'bucket'}"
+    fs, root = open_bucket(url, create=True)
+    registry = kit.copy_registry(registry_templates, "empty", tmp_path / "registry")
+    kit.use_environment(monkeypatch, tmp_path / "home", url, None, registry)
+    kit.write_confirmed(fs, root, {"good": 2, "bridge": 2})
+    start = time.monotonic()
+
+    message = _failure(refit(fit=kit.FAST_FIT, return_state=True))
+
+    assert time.monotonic() - start < 20
+    for setting in ("SEMCLIP_BACKBONE", "SEMCLIP_PRETRAINED", "--param backbone"):
+        assert setting in message
+    assert registry.versions() == []
 
 
 # --------------------------------------------------------------------------- deployments

@@ -86,8 +86,11 @@ def test_file_formats(
     assert preds[3].ok and (preds[3].mask_height, preds[3].mask_width) == (128, 128)
     assert preds[0].defect_area_nm2 is None
     assert preds[1].defect_area_nm2 == 9.0 * preds[1].defect_area_px  # read from the TIFF
+    assert (preds[0].pixel_size_nm, preds[0].pixel_size_source) == (None, None)
+    assert (preds[1].pixel_size_nm, preds[1].pixel_size_source) == (3.0, "tiff")
     override = fitted_model.predict([tif16], config=PredictConfig(pixel_size_nm=2.0))[0]
     assert override.defect_area_nm2 == 4.0 * override.defect_area_px
+    assert (override.pixel_size_nm, override.pixel_size_source) == (2.0, "setting")
 
 
 def test_multipage_tiff_page_selection(

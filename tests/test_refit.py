@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,9 +12,12 @@ import numpy as np
 import pytest
 
 from semclip.artifact import load_model
+from semclip.backbone import BackboneError, load_backbone
+from semclip.fingerprint import state_sha256
 from semclip.io.bucket import open_bucket
 from semclip.io.confirmed import read_confirmed
 from semclip.metrics import classification_metrics
+from semclip.refit.backbone import BackboneChoice, choose_backbone, load_chosen_backbone
 from semclip.refit.decode import load_holdout, support_items
 from semclip.refit.evaluate import HoldoutMetrics, evaluate
 from semclip.refit.gate import GateConfig, gate
@@ -168,3 +172,60 @@ def test_confirmed_shots_to_evaluation(kit: Kit, tmp_path: Path, small_model_dir
     assert evaluate(model, no_masks).pixel_f1_max is None
     empty = evaluate(model, load_holdout(fs, []))
     assert empty.f1 is None and empty.n_images == 0
+
+
+# --------------------------------------------------------------------------- backbone choice
+
+
+def _choose(champion_dir: Path | None = None, **given: str) -> BackboneChoice:
+    options = dict.fromkeys(
+        ("param_backbone", "param_pretrained", "setting_backbone", "setting_pretrained")
+    )
+    return choose_backbone(**{**options, **given}, champion_dir=champion_dir, champion_version="1")
+
+
+def test_refit_backbone_precedence_param_then_setting_then_champion(
+    small_model_dir: Path, tmp_path: Path, tiny_checkpoint_file: Path
+) -> None:
+    by_param = _choose(
+        small_model_dir, param_backbone="semclip-tiny", setting_backbone="ViT-B-16-plus-240"
+    )
+    assert (by_param.source, by_param.name, by_param.pretrained) == ("param", "semclip-tiny", None)
+    lone_file = _choose(
+        small_model_dir, param_pretrained=str(tiny_checkpoint_file), setting_backbone="semclip-tiny"
+    )
+    assert (lone_file.name, lone_file.pretrained) == ("semclip-tiny", str(tiny_checkpoint_file))
+    by_setting = _choose(small_model_dir, setting_backbone="semclip-tiny")
+    assert by_setting.source == "setting"
+    champion = _choose(small_model_dir)
+    assert champion.source == "champion" and champion.name.startswith("local-dir:")
+    assert Path(champion.name.removeprefix("local-dir:")).parent == small_model_dir
+    assert (champion.recorded_name, champion.random_weights) == ("semclip-tiny", True)
+    assert "champion v1" in champion.describe()
+    loaded = load_chosen_backbone(champion, "cpu")
+    assert (loaded.name, loaded.random_weights) == ("semclip-tiny", True)
+    assert state_sha256(loaded.model) == state_sha256(load_model(small_model_dir).backbone.model)
+
+
+def test_refit_backbone_without_any_source_fails_naming_the_settings() -> None:
+    with pytest.raises(RefitError) as info:
+        _choose(None)
+    for setting in ("SEMCLIP_BACKBONE", "SEMCLIP_PRETRAINED", "--param backbone"):
+        assert setting in str(info.value)
+
+
+def test_refit_backbone_hub_tag_fails_in_seconds_offline(unreachable_hub: str) -> None:
+    start = time.monotonic()
+    with pytest.raises(BackboneError, match="--param backbone=local-dir:"):
+        _choose(None, setting_backbone="ViT-B-16-plus-240")  # implies the laion400m_e32 tag
+    assert time.monotonic() - start < 10
+
+
+@pytest.fixture
+def tiny_checkpoint_file(tmp_path: Path) -> Path:
+    """A checkpoint file of the tiny architecture (a lone --param pretrained names one)."""
+    import torch
+
+    path = tmp_path / "tiny.pt"
+    torch.save({"state_dict": load_backbone("semclip-tiny", None, "cpu").model.state_dict()}, path)
+    return path

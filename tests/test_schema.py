@@ -32,6 +32,8 @@ EXPECTED_FIELDS = [
     ("n_regions", pa.int32(), True),
     ("defect_area_px", pa.int64(), True),
     ("defect_area_nm2", pa.float64(), True),
+    ("pixel_size_nm", pa.float64(), True),
+    ("pixel_size_source", pa.string(), True),
     (
         "bbox",
         pa.struct([pa.field(a, pa.int32(), nullable=False) for a in ("x", "y", "w", "h")]),
@@ -59,6 +61,8 @@ def _ok_record(mask: np.ndarray | None = None) -> dict[str, Any]:
         "n_regions": np.int64(stats.n_regions),  # numpy scalars are accepted
         "defect_area_px": stats.area_px,
         "defect_area_nm2": stats.area_px * 4.0,
+        "pixel_size_nm": 2.0,
+        "pixel_size_source": "tiff",
         "bbox": stats.bbox,  # the (x, y, w, h) tuple from RegionStats
         "model_name": "semclip-vitb16",
         "model_version": "3",
@@ -114,6 +118,7 @@ def test_parquet_round_trip_with_map_struct_and_nulls(tmp_path: Path) -> None:
     assert ok["probabilities"] == [("particle", 0.75), ("scratch", 0.25)]
     assert ok["bbox"] == {"x": 2, "y": 1, "w": 6, "h": 5}
     assert (ok["n_regions"], ok["defect_area_px"], ok["defect_area_nm2"]) == (2, 5, 20.0)
+    assert (ok["pixel_size_nm"], ok["pixel_size_source"]) == (2.0, "tiff")
     assert ok["anomaly_score"] == 0.5
     size = [ok["mask_height"], ok["mask_width"]]
     np.testing.assert_array_equal(rle.decode({"size": size, "counts": ok["mask_rle"]}), mask)

@@ -429,3 +429,65 @@ def test_duckdb_summary_reads_the_dates_partitions(bucket: BucketCase) -> None:
     assert summary.by_lot_wafer == {"L1/?": {"particle": 2, "scratch": 1}}
     assert summary.model_versions == ["1", "2"]
     assert summarize_dates(bucket.fs, bucket.root, [DAY, NEXT_DAY]).rows == 4
+
+
+def _at(row: dict[str, Any], minutes: int) -> dict[str, Any]:
+    return {**row, "inferred_at": NOW + dt.timedelta(minutes=minutes)}
+
+
+def _current(bucket: BucketCase, champion: tuple[str, str] | None) -> list[tuple[str, str, str]]:
+    from semclip.io.query import connect
+
+    con = connect(bucket.fs, bucket.root, champion=champion)
+    return con.execute(
+        "SELECT image_uri, image_sha256, model_version FROM predictions ORDER BY ALL"
+    ).fetchall()
+
+
+def test_current_view_gives_one_row_per_image_after_a_champion_change(bucket: BucketCase) -> None:
+    """v1 predicts a night, v2 is promoted, the night is re-run: 4 rows, 2 images."""
+    from semclip.io.query import connect, summarize_dates
+
+    write_partition(bucket.fs, bucket.root, DAY, _table(_at(_row("a", "s1"), 0), _row("b", "s2")))
+    write_partition(
+        bucket.fs,
+        bucket.root,
+        DAY,
+        _table(_at(_row("a", "s1", "2"), 60), _at(_row("b", "s2", "2", cls="scratch"), 60)),
+    )
+    write_partition(bucket.fs, bucket.root, NEXT_DAY, _table(_row("a", "s1")))
+    con = connect(bucket.fs, bucket.root)
+    assert con.execute("SELECT count(*) FROM predictions_all").fetchone() == (5,)
+
+    v2 = ("semclip-sem", "2")
+    assert _current(bucket, v2) == [("a", "s1", "1"), ("a", "s1", "2"), ("b", "s2", "2")]
+    rolled_back = _current(bucket, ("semclip-sem", "1"))  # the older champion's rows win again
+    assert rolled_back == [("a", "s1", "1"), ("a", "s1", "1"), ("b", "s2", "1")]
+    assert _current(bucket, None) == _current(bucket, v2)  # no champion: the newest row
+    assert _current(bucket, ("other-model", "1")) == _current(bucket, v2)
+
+    summary = summarize_dates(bucket.fs, bucket.root, [DAY], champion=v2)
+    assert (summary.rows, summary.history_rows) == (2, 4)
+    assert summary.by_class == {"particle": 1, "scratch": 1}
+    assert summary.model_versions == ["2"]
+
+
+def test_current_view_drops_rows_of_bytes_that_changed(bucket: BucketCase) -> None:
+    """A URI re-written with new bytes: only the row for its latest bytes is current, even
+    when the champion's row is for the old bytes."""
+    write_partition(
+        bucket.fs,
+        bucket.root,
+        DAY,
+        _table(_at(_row("a", "old", "2"), 0), _at(_row("a", "new", "1"), 30)),
+    )
+    assert _current(bucket, ("semclip-sem", "2")) == [("a", "new", "1")]
+
+
+def test_current_view_on_an_empty_bucket_has_the_declared_columns(bucket: BucketCase) -> None:
+    from semclip.io.query import connect
+
+    con = connect(bucket.fs, bucket.root)
+    assert con.execute("SELECT count(*) FROM predictions").fetchone() == (0,)
+    columns = [c[0] for c in con.execute("DESCRIBE predictions").fetchall()]
+    assert columns == [*PIPELINE_PREDICTION_SCHEMA.names, "date"]

@@ -15,21 +15,23 @@ from semclip.backbone import (
     resolve_pretrained,
 )
 from semclip.data.databar import DatabarCrop
+from semclip.settings import get_settings
 
 
 def add_backbone_options(parser: argparse.ArgumentParser) -> None:
     """--backbone / --pretrained / --device, as load_backbone takes them."""
     parser.add_argument(
         "--backbone",
-        default=DEFAULT_MODEL,
-        help=f"open_clip model name or local-dir:PATH (default {DEFAULT_MODEL}; "
-        "semclip-tiny for tests and offline demos)",
+        default=None,
+        help=f"open_clip model name or local-dir:PATH (default $SEMCLIP_BACKBONE, else "
+        f"{DEFAULT_MODEL}; semclip-tiny for tests and offline demos)",
     )
     parser.add_argument(
         "--pretrained",
         default=None,
         help=f"open_clip tag, checkpoint file, or 'none' for random weights (default "
-        f"{DEFAULT_PRETRAINED} with {DEFAULT_MODEL}, none otherwise)",
+        f"$SEMCLIP_PRETRAINED, else {DEFAULT_PRETRAINED} with {DEFAULT_MODEL} (a hub download; "
+        "offline, pass a file), none otherwise)",
     )
     parser.add_argument(
         "--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA if present)"
@@ -46,7 +48,24 @@ def databar_from(args: argparse.Namespace) -> DatabarCrop:
     return DatabarCrop(top=args.databar_top, bottom=args.databar_bottom)
 
 
+def fill_backbone_defaults(args: argparse.Namespace) -> None:
+    """--backbone/--pretrained, else SEMCLIP_BACKBONE/SEMCLIP_PRETRAINED, else the default.
+
+    A given --backbone replaces the settings' pair; a lone --pretrained keeps
+    SEMCLIP_BACKBONE's architecture (the refit flow's precedence, so both read alike).
+    """
+    if args.backbone is not None:
+        return
+    settings = get_settings()
+    args.backbone = settings.backbone or DEFAULT_MODEL
+    if args.pretrained is None:
+        args.pretrained = settings.pretrained
+
+
 def backbone_from(args: argparse.Namespace) -> Backbone:
+    """Load the backbone the options (or settings) name; a hub tag that cannot be had fails
+    in seconds with what to pass instead (:func:`semclip.backbone.check_weights_reachable`)."""
+    fill_backbone_defaults(args)
     return load_backbone(
         args.backbone, resolve_pretrained(args.backbone, args.pretrained), args.device
     )

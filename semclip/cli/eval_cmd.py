@@ -13,7 +13,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from semclip.backbone import LOCAL_DIR_PREFIX
 from semclip.cli.commands import summary
-from semclip.cli.common import add_backbone_options, backbone_from
+from semclip.cli.common import add_backbone_options, backbone_from, fill_backbone_defaults
 from semclip.config import FitConfig
 from semclip.data import DatabarCrop, Dataset, load_dataset
 from semclip.eval import ORDER, EvalConfig, resolve_methods, run_evaluation, write_report
@@ -153,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         raise ValueError("--seeds must be >= 1")
     dataset = load_dataset(args.data)
+    fill_backbone_defaults(args)
     check_pretrain_overlap(args.backbone, dataset, allow=args.allow_pretrain_overlap)
     transductive = transductive_overlap(args.backbone, dataset)
     if transductive is not None:

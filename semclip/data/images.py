@@ -62,6 +62,7 @@ class LoadedImage:
     pixel_size_nm: float | None  # from TIFF resolution/description or PNG pHYs; None if absent
     sha256: str | None  # hex digest of the exact input bytes; None for in-memory arrays
     source: str  # path, or the given name, used in every message about this image
+    pixel_size_source: str | None = None  # "tiff", "png", "jpeg"…: where pixel_size_nm came from
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class _Raw:
 
     array: np.ndarray  # (H, W) or (H, W, C), dtype as stored (bool, uint8, uint16, float)
     pixel_size_nm: float | None
+    pixel_size_source: str | None = None  # the format whose metadata gave it
 
 
 def read_image(
@@ -97,7 +99,14 @@ def read_image(
     label, data = _read_source(source, name)
     raw = _decode_bytes(data, label, page=page, max_pixels=max_pixels)
     pixels, depth = _to_gray(raw.array, label)
-    return LoadedImage(pixels, depth, raw.pixel_size_nm, hashlib.sha256(data).hexdigest(), label)
+    return LoadedImage(
+        pixels,
+        depth,
+        raw.pixel_size_nm,
+        hashlib.sha256(data).hexdigest(),
+        label,
+        raw.pixel_size_source if raw.pixel_size_nm is not None else None,
+    )
 
 
 def read_raw_array(
@@ -186,7 +195,7 @@ def _decode_tiff(data: bytes, label: str, page: int, max_pixels: int) -> _Raw:
         if tiff_page.planarconfig == 2 and array.ndim == 3:  # SEPARATE: (S, H, W) → (H, W, S)
             array = np.moveaxis(array, 0, -1)
         pixel_size = _tiff_pixel_size(tiff_page) or _tiff_pixel_size(tif.pages[0])
-    return _Raw(_coerce_integer_samples(array, label), pixel_size)
+    return _Raw(_coerce_integer_samples(array, label), pixel_size, "tiff")
 
 
 def _tiff_page(tif: tifffile.TiffFile, page: int, label: str) -> Any:
@@ -209,7 +218,8 @@ def _decode_pillow(data: bytes, label: str, page: int, max_pixels: int) -> _Raw:
         im.load()  # decode now so a truncated file fails here, not in the model
         array = _pillow_array(im, label)
         pixel_size = _text_pixel_size(im.info) or _png_phys_pixel_size(data)
-    return _Raw(array, pixel_size)
+        kind = (im.format or "image").lower()
+    return _Raw(array, pixel_size, kind)
 
 
 def _seek_frame(im: Image.Image, page: int, label: str) -> None:

@@ -1,8 +1,20 @@
 """SQL over the prediction partitions with DuckDB, on any fsspec bucket (file:// or s3://).
 
+A date's partition keeps every model version's rows as history, so a re-run after a
+promotion holds two rows for one image. :func:`connect` gives a DuckDB connection with two
+views, and every reader (the demo summary, the documented queries) goes through them:
+
+* ``predictions_all``: every row of every partition (history included; ``date`` is a DATE);
+* ``predictions``: one row per ``(image_uri, date)``, the *current* one. Among the rows for
+  the newest bytes of that URI on that date (the ``image_sha256`` of its latest
+  ``inferred_at``; rows for older bytes are history), the row of the version that is champion
+  now, else the newest ``inferred_at`` (then the highest version). It is the table macro
+  ``current_predictions(champion_name, champion_version)`` applied to the champion given.
+
 DuckDB cannot download its S3 extension offline, so the bucket's own fsspec filesystem is
 registered with DuckDB and the Parquet files are read through it. Queries name the files
-of the dates they need, so a damaged file of one date never breaks a query of another.
+of the dates they need (never a glob), so a damaged file of one date never breaks a query of
+another, and staged or temporary files are never read.
 """
 
 from __future__ import annotations
@@ -20,19 +32,50 @@ from fsspec.implementations.local import LocalFileSystem
 
 from semclip.io.bucket import find_files
 from semclip.io.partitions import CORRUPT_DIR, live_files
+from semclip.io.pipeline_schema import PARTITION_FIELD, PIPELINE_PREDICTION_SCHEMA
+
+__all__ = [
+    "CURRENT_MACRO_SQL",
+    "CorruptPredictionFileError",
+    "DateSummary",
+    "connect",
+    "prediction_files",
+    "predictions_source",
+    "summarize_dates",
+]
 
 log = logging.getLogger(__name__)
+
+# The rule for "the current row", as a user can paste it after defining predictions_all.
+CURRENT_MACRO_SQL = """
+CREATE OR REPLACE MACRO current_predictions(champion_name, champion_version) AS TABLE
+    SELECT * EXCLUDE (newest_sha256)
+    FROM (
+        SELECT *, first_value(image_sha256) OVER (
+                   PARTITION BY image_uri, "date"
+                   ORDER BY inferred_at DESC NULLS LAST, image_sha256) AS newest_sha256
+        FROM predictions_all)
+    WHERE image_sha256 IS NOT DISTINCT FROM newest_sha256
+    QUALIFY row_number() OVER (
+        PARTITION BY image_uri, "date"
+        ORDER BY coalesce(model_name = champion_name AND model_version = champion_version,
+                          false) DESC,
+                 inferred_at DESC NULLS LAST,
+                 TRY_CAST(model_version AS BIGINT) DESC NULLS LAST,
+                 model_version DESC) = 1
+"""
 
 
 @dataclass(frozen=True)
 class DateSummary:
-    """What a person wants first from a night's predictions."""
+    """What a person wants first from a night's predictions: current rows, one per image."""
 
-    rows: int
+    rows: int  # current rows (one per image and date)
     by_class: dict[str, int]
     by_lot_wafer: dict[str, dict[str, int]]  # "lot/wafer" -> class -> count
     needs_review: int
-    model_versions: list[str]
+    model_versions: list[str]  # versions the current rows come from
+    history_rows: int = 0  # every row of these dates, older versions and bytes included
 
 
 class CorruptPredictionFileError(ValueError):
@@ -74,42 +117,85 @@ def prediction_files(
     return files
 
 
-def connect(
+def predictions_source(
     fs: fsspec.AbstractFileSystem, root: str, dates: Sequence[dt.date] | None = None
-) -> tuple[duckdb.DuckDBPyConnection, str | None]:
-    """A DuckDB connection and the ``read_parquet([...])`` source of the dates' partitions.
+) -> str | None:
+    """The ``read_parquet([...])`` expression of the dates' partitions; None when none exist.
 
-    The source lists the files of :func:`prediction_files` (never a glob: only the live file of
-    each partition counts, and other dates' files are not opened); ``None`` when there is none.
+    It lists the files of :func:`prediction_files` (only each partition's live file, checked).
+    ``fs`` must be registered with the connection that runs it unless it is local.
+    """
+    files = prediction_files(fs, root, dates)
+    if not files:
+        return None
+    listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+    return (
+        f"read_parquet([{listed}], hive_partitioning = true, union_by_name = true, "
+        "hive_types = {'date': DATE})"
+    )
+
+
+def connect(
+    fs: fsspec.AbstractFileSystem,
+    root: str,
+    dates: Sequence[dt.date] | None = None,
+    *,
+    champion: tuple[str, str] | None = None,
+) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with the views ``predictions_all`` and ``predictions`` (current).
+
+    ``dates`` limits the views to those partitions (all when None). ``champion`` is
+    ``(model name, version)`` of the champion now (e.g. from ``Registry.alias("champion")``);
+    without it the current row is the newest. With no partition yet both views are empty,
+    with the declared columns.
     """
     con = duckdb.connect()
     if not isinstance(fs, LocalFileSystem):
         con.register_filesystem(fs)
-    files = prediction_files(fs, root, dates)
-    if not files:
-        return con, None
-    quoted = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-    source = f"read_parquet([{quoted}], hive_partitioning = true, union_by_name = true)"
-    return con, source
+    source = predictions_source(fs, root, dates)
+    if source is None:
+        empty = pa.schema([*PIPELINE_PREDICTION_SCHEMA, PARTITION_FIELD]).empty_table()
+        con.register("predictions_empty", empty)
+        source = "predictions_empty"
+    con.execute(f"CREATE VIEW predictions_all AS SELECT * FROM {source}")
+    con.execute(CURRENT_MACRO_SQL)
+    name, version = champion if champion is not None else (None, None)
+    con.execute(
+        "CREATE VIEW predictions AS SELECT * FROM current_predictions("
+        f"{_literal(name)}, {_literal(version)})"
+    )
+    return con
+
+
+def _literal(value: str | None) -> str:
+    """A SQL string literal (views cannot take bound parameters)."""
+    return "NULL" if value is None else "'" + str(value).replace("'", "''") + "'"
 
 
 def summarize_dates(
-    fs: fsspec.AbstractFileSystem, root: str, dates: Sequence[dt.date]
+    fs: fsspec.AbstractFileSystem,
+    root: str,
+    dates: Sequence[dt.date],
+    *,
+    champion: tuple[str, str] | None = None,
 ) -> DateSummary:
-    """Per-class and per-lot/wafer counts of the given dates' partitions."""
-    con, source = connect(fs, root, dates)
-    if source is None:
-        return DateSummary(0, {}, {}, 0, [])
+    """Per-class and per-lot/wafer counts of the current rows of the given dates."""
+    con = connect(fs, root, dates, champion=champion)
     wanted = [d.isoformat() for d in dates]
     rows = con.execute(
-        f"""SELECT predicted_class, coalesce(lot_id, '?') AS lot, coalesce(wafer_id, '?') AS wafer,
+        """SELECT predicted_class, coalesce(lot_id, '?') AS lot, coalesce(wafer_id, '?') AS wafer,
                    count(*) AS n, count(*) FILTER (WHERE needs_review) AS review,
                    list(DISTINCT model_version) AS versions
-            FROM {source}
+            FROM predictions
             WHERE CAST("date" AS VARCHAR) IN (SELECT unnest(?::VARCHAR[]))
             GROUP BY ALL ORDER BY lot, wafer, predicted_class""",
         [wanted],
     ).fetchall()
+    (history,) = con.execute(
+        """SELECT count(*) FROM predictions_all
+           WHERE CAST("date" AS VARCHAR) IN (SELECT unnest(?::VARCHAR[]))""",
+        [wanted],
+    ).fetchone()
     by_class: dict[str, int] = {}
     by_lot_wafer: dict[str, dict[str, int]] = {}
     versions: set[str] = set()
@@ -124,4 +210,5 @@ def summarize_dates(
         by_lot_wafer=by_lot_wafer,
         needs_review=sum(r[4] for r in rows),
         model_versions=sorted(versions),
+        history_rows=int(history),
     )

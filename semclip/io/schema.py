@@ -27,7 +27,7 @@ __all__ = [
     "validate_table",
 ]
 
-SCHEMA_VERSION = "1"  # bump on any change to the declared fields below
+SCHEMA_VERSION = "2"  # bump on any change to the declared fields below
 
 
 def _field(name: str, type_: pa.DataType, description: str, nullable: bool = True) -> pa.Field:
@@ -63,6 +63,17 @@ PREDICTION_SCHEMA: pa.Schema = pa.schema(
             "defect_area_nm2",
             pa.float64(),
             "Defect area in square nanometres; null when the pixel size is unknown or on error.",
+        ),
+        _field(
+            "pixel_size_nm",
+            pa.float64(),
+            "Nanometres per pixel used for defect_area_nm2; null when unknown or on error.",
+        ),
+        _field(
+            "pixel_size_source",
+            pa.string(),
+            "Where pixel_size_nm came from: tiff, png or jpeg (the file's own metadata) or "
+            "setting (SEMCLIP_PIXEL_SIZE_NM / --pixel-size-nm); null when unknown.",
         ),
         _field(
             "bbox",
