@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from mlflow.exceptions import MlflowException
 
 from semclip.registry.cache import cached_model, cached_model_dir
 from semclip.registry.code_copy import clean_code_copy, pip_requirements
-from semclip.registry.pyfunc import MODEL_ARTIFACT, SemclipPyfunc, signature
+from semclip.registry.pyfunc import MODEL_ARTIFACT, SemclipPyfunc, input_example, signature
 from semclip.registry.refs import (
     CHAMPION,
     RANDOM_BACKBONE_NOTE,
@@ -37,6 +36,7 @@ from semclip.registry.refs import (
 )
 
 if TYPE_CHECKING:
+    import pandas as pd
     import torch
 
     from semclip.model import SemclipModel
@@ -204,12 +204,17 @@ class Registry:
         metrics: Mapping[str, float | None] | None = None,
         tags: Mapping[str, str] | None = None,
         documents: Mapping[str, Any] | None = None,
+        datasets: Mapping[str, pd.DataFrame] | None = None,
+        description: str | None = None,
     ) -> ModelRef:
         """Log a saved model directory as a new MLflow run + logged model, and register it.
 
         ``params`` are flattened (``a.b``) and stringified; ``None`` metrics are skipped
         (MLflow has no null); ``documents`` are JSON artifacts (lineage, gate decision).
-        The version gets the run's ``tags`` too, so a registry browser shows them.
+        ``datasets`` are run inputs by context (``"training"``, ``"holdout"``: one row per
+        image, with its URI, hash and label), so the MLflow UI shows what the model saw.
+        The version gets the run's ``tags`` too, so a registry browser shows them, and
+        ``description`` (after the random-backbone note where that applies).
         """
         model_dir = Path(model_dir)
         tags = dict(tags or {})
@@ -227,16 +232,16 @@ class Registry:
                 mlflow.set_tags(tags)
                 for name, document in (documents or {}).items():
                     mlflow.log_dict(document, name)
-                with clean_code_copy() as code, warnings.catch_warnings():
-                    # An input example would make MLflow load and run the model while
-                    # logging it; the signature already says what goes in.
-                    warnings.filterwarnings("ignore", message=".*input example was not provided")
+                _log_datasets(datasets or {})
+                with clean_code_copy() as code:
+                    # MLflow runs the input example through the model while logging it.
                     info = mlflow.pyfunc.log_model(
                         name=LOGGED_MODEL_NAME,
                         python_model=SemclipPyfunc(),
                         artifacts={MODEL_ARTIFACT: str(model_dir)},
                         code_paths=[str(code)],
                         signature=signature(),
+                        input_example=input_example(model_dir),
                         pip_requirements=pip_requirements(),
                         registered_model_name=self.model_name,
                     )
@@ -246,8 +251,9 @@ class Registry:
         for key, value in tags.items():
             if not key.startswith("mlflow."):
                 client.set_model_version_tag(self.model_name, version, key, value)
-        if is_random:
-            client.update_model_version(self.model_name, version, description=RANDOM_BACKBONE_NOTE)
+        text = "\n\n".join(t for t in (RANDOM_BACKBONE_NOTE if is_random else "", description) if t)
+        if text:
+            client.update_model_version(self.model_name, version, description=text)
         log.info("registered %s version %s (run %s)", self.model_name, version, run_id)
         return _ref(client.get_model_version(self.model_name, version))
 
@@ -313,6 +319,15 @@ class Registry:
         """:meth:`load`, kept in this process: nightly shards share one loaded model."""
         key = (self.tracking_uri, ref.name, ref.version, ref.source, str(device))
         return cached_model(key, partial(self.load, ref, device))
+
+
+def _log_datasets(datasets: Mapping[str, pd.DataFrame]) -> None:
+    """Each frame as an MLflow dataset input of the active run, its context the key."""
+    import mlflow.data
+
+    for context, frame in datasets.items():
+        dataset = mlflow.data.from_pandas(frame, name=context)
+        mlflow.log_input(dataset, context=context)
 
 
 def _ref(version: Any) -> ModelRef:
