@@ -302,7 +302,12 @@ def holdout_frame(shots: list[Shot]) -> pd.DataFrame:
 
 def version_description(candidate: Candidate, decision: GateDecision, git_commit: str) -> str:
     """What a registry browser shows for the version: classes, backbone, shots, the gate."""
-    shots = ", ".join(f"{label} {n}" for label, n in candidate.shots_per_class.items())
+    order = [*candidate.classes, *sorted(set(candidate.shots_per_class) - set(candidate.classes))]
+    shots = ", ".join(
+        f"{label} {candidate.shots_per_class[label]}"
+        for label in order
+        if label in candidate.shots_per_class
+    )
     lower = "n/a" if decision.f1_gain_lower is None else f"{decision.f1_gain_lower:+.4f}"
     holdout = ", ".join(f"{label} {n}" for label, n in decision.holdout_per_class.items())
     return "\n".join(

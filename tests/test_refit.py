@@ -17,7 +17,8 @@ from semclip.metrics import classification_metrics
 from semclip.refit.decode import load_holdout, support_items
 from semclip.refit.evaluate import HoldoutMetrics, evaluate
 from semclip.refit.gate import GateConfig, _macro_f1, bootstrap_f1_gain, gate
-from semclip.refit.shots import RefitError, Shot, hash_shots, shots_from_frame
+from semclip.refit.provenance import git_commit
+from semclip.refit.shots import RefitError, Shot, hash_shots, shots_from_frame, wafer_group
 from semclip.refit.split import (
     exclude_trained,
     holdout_position,
@@ -25,6 +26,7 @@ from semclip.refit.split import (
     select_support,
     split_shots,
 )
+from semclip.settings import DEFAULT_PATH_REGEX
 
 if TYPE_CHECKING:
     from conftest_pipeline import Kit
@@ -282,3 +284,84 @@ def test_confirmed_shots_to_evaluation(kit: Kit, tmp_path: Path, small_model_dir
     assert evaluate(model, no_masks).pixel_f1_max is None
     empty = evaluate(model, load_holdout(fs, []))
     assert empty.f1 is None and empty.n_images == 0
+
+
+# --------------------------------------------------------------------------- wafer groups
+
+
+@pytest.mark.parametrize(
+    ("uri", "regex", "group"),
+    [
+        ("s3://fab/raw/2026-10-01/L12/W07/D0003.png", DEFAULT_PATH_REGEX, "L12/W07"),
+        # An anchored regex is searched below raw/<date>/, as the nightly flow does.
+        (
+            "s3://fab/raw/2026-10-01/L12/W07/D0003.png",
+            r"^(?P<lot_id>[^/]+)/(?P<wafer_id>[^/]+)/",
+            "L12/W07",
+        ),
+        ("file:///b/confirmed/img/x.png", r"^(?P<lot_id>L\d+)/(?P<wafer_id>W\d+)/", None),
+        ("s3://fab/raw/2026-10-01/L12/D3.png", r"(?P<lot_id>L\d+)/", "L12/?"),
+    ],
+)
+def test_wafer_group_from_the_path_regex(uri: str, regex: str, group: str | None) -> None:
+    assert wafer_group(uri, regex) == group
+
+
+def test_calibration_folds_keep_each_wafer_whole(kit: Kit, tmp_path: Path) -> None:
+    """Issue 11: refit CV folded by image, so τ/α were picked on a wafer's near copies."""
+    from semclip import FitConfig, SemclipModel, load_backbone
+
+    fs, root = open_bucket(f"file://{tmp_path / 'bucket'}", create=True)
+    kit.write_confirmed(fs, root, {"good": 3, "bridge": 3}, wafers=2)
+    shots, _ = hash_shots(fs, shots_from_frame(read_confirmed(fs, root)))
+    items, _ = support_items(fs, shots, DEFAULT_PATH_REGEX)
+    assert sorted({i.group or "" for i in items}) == ["LOT1/W01", "LOT1/W02"]
+    assert all(i.group is None for i in support_items(fs, shots)[0])  # no regex: by image
+    backbone = load_backbone("semclip-tiny", None, "cpu")
+    config = FitConfig.from_dict({**kit.FAST_FIT, "cv_folds": 3})
+    model = SemclipModel.fit(backbone, items, config=config)
+    assert model.calibration.method == "cross-validation"
+    assert model.calibration.details["folds"] == 2  # by image it would be 3
+    assert {s["group"] for s in model.lineage["support"]} == {"LOT1/W01", "LOT1/W02"}
+
+
+def test_git_commit_of_the_code_folder_else_setting_else_unknown(tmp_path: Path) -> None:
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True)
+    assert git_commit(repo / "tasks", "ignored") == head.stdout.strip()
+    assert git_commit(tmp_path, " abc123 ") == "abc123"  # not a checkout: the setting
+    assert git_commit(tmp_path) == "unknown"
+    assert git_commit(tmp_path / "missing") == "unknown"  # never an error
+
+
+# --------------------------------------------------------------------------- demo sizing
+
+
+def test_demo_seed_gives_each_class_the_gate_minimum_on_the_hold_out(tmp_path: Path) -> None:
+    """Issue 11: the demo's 6 shots per class left ~1 per class held out: v2 was never judged."""
+    from semclip.settings import get_settings
+    from tasks.common import BucketRef
+    from tasks.demo import seed_demo_bucket
+
+    settings = get_settings(home=tmp_path / "home", bucket=str(tmp_path / "bucket"))
+    seeded = seed_demo_bucket.fn(
+        BucketRef.from_settings(settings),
+        [],
+        0,
+        6,
+        64,
+        0,
+        holdout_fraction=settings.holdout_fraction,
+        min_holdout_per_class=settings.gate_min_holdout_per_class,
+    )
+    fs, root = open_bucket(settings.bucket or "")
+    shots, problems = hash_shots(fs, shots_from_frame(read_confirmed(fs, root)))
+    assert problems == [] and seeded.confirmed_shots == len(shots)
+    train, holdout = split_shots(shots, settings.holdout_fraction)
+    for label in {s.label for s in shots}:
+        assert sum(s.label == label for s in train) == 6
+        assert sum(s.label == label for s in holdout) == settings.gate_min_holdout_per_class
+    groups = {wafer_group(s.image_uri, settings.path_regex) for s in shots}
+    assert len(groups) == 4 and None not in groups  # 2 lots x 2 wafers

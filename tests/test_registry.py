@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -146,16 +147,35 @@ def test_promote_cli(
 ) -> None:
     monkeypatch.setenv("SEMCLIP_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", champion_registry.tracking_uri)
-    champion_registry.log_version(small_model_dir, metrics={"candidate.f1": 0.75})
-    assert main(["promote", "--version", "2"]) == 0
+    monkeypatch.setenv("USER", "jdoe")
+    champion_registry.log_version(
+        small_model_dir, metrics={"candidate.f1": 0.75}, tags={"semclip.gate": "hold"}
+    )
+    with pytest.raises(SystemExit):  # the gate is overridden only with a stated reason
+        main(["promote", "--version", "2"])
+    assert "--reason" in capsys.readouterr().err
+    assert champion_registry.resolve().version == "1"
+    assert main(["promote", "--version", "2", "--reason", "hold-out too small"]) == 0
     out = capsys.readouterr().out
     assert "champion of semclip-sem: v1 -> v2" in out
     assert "f1 0.7500" in out and "RANDOM-WEIGHT" in out
-    assert "semclip promote --version 1" in out
-    assert champion_registry.resolve().version == "2"
-    assert main(["promote", "--version", "99"]) == 2
+    assert "semclip promote --version 1" in out and "--reason" in out
+    promoted = champion_registry.resolve()
+    assert promoted.version == "2"
+    assert promoted.tags["semclip.promoted_by"] == "jdoe"
+    assert promoted.tags["semclip.promoted_from"] == "1"
+    assert promoted.tags["semclip.promoted_reason"] == "hold-out too small"
+    assert promoted.tags["semclip.gate"] == "manual-promote"
+    assert promoted.tags["semclip.gate_refit"] == "hold"  # the refit's own word, kept
+    when = dt.datetime.fromisoformat(promoted.tags["semclip.promoted_at"])
+    assert abs((dt.datetime.now(dt.UTC) - when).total_seconds()) < 120
+    assert main(["promote", "--version", "1", "--reason", "rollback", "--by", "ops"]) == 0
+    back = champion_registry.resolve()
+    assert (back.version, back.tags["semclip.promoted_by"]) == ("1", "ops")
+    assert back.tags["semclip.promoted_from"] == "2"
+    assert main(["promote", "--version", "99", "--reason", "x"]) == 2
     assert "has no version 99" in capsys.readouterr().err
-    assert champion_registry.resolve().version == "2"
+    assert champion_registry.resolve().version == "1"
 
 
 @pytest.mark.slow

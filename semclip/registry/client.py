@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,6 +49,9 @@ log = logging.getLogger(__name__)
 
 
 LOGGED_MODEL_NAME = "model"
+GATE_TAG = "semclip.gate"  # the refit gate's decision on a version (see semclip.refit.gate)
+MANUAL_PROMOTE = "manual-promote"  # GATE_TAG once a person promoted the version
+MANUAL_PREFIX = "semclip.promoted_"  # by, at, from, reason, alias of that promotion
 _MAX_PARAM_CHARS = 6000  # MLflow's limit on one param value
 _MLFLOW_URI_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
@@ -264,14 +268,23 @@ class Registry:
         return ref
 
     def promote(
-        self, version: str | int, alias: str = CHAMPION
+        self,
+        version: str | int,
+        alias: str = CHAMPION,
+        *,
+        by: str | None = None,
+        reason: str | None = None,
     ) -> tuple[ModelRef | None, ModelRef]:
         """Move ``alias`` (default champion) to ``version``; returns ``(previous, new)``.
 
         A rollback is promoting the previous version again. Raises
-        :class:`ModelNotFoundError` when the version does not exist.
+        :class:`ModelNotFoundError` when the version does not exist. A promotion by hand
+        (``reason`` given) is recorded on the version: who, when (UTC), from which version,
+        why, and its gate tag becomes ``manual-promote`` (the refit's word is kept beside).
         """
         previous = self.alias(alias)
+        if reason is not None:
+            self._record_manual_promotion(version, alias, previous, by, reason)
         new = self.set_alias(alias, version)
         log.info(
             "%s of %s: %s -> %s",
@@ -281,6 +294,30 @@ class Registry:
             new.version,
         )
         return previous, new
+
+    def _record_manual_promotion(
+        self,
+        version: str | int,
+        alias: str,
+        previous: ModelRef | None,
+        by: str | None,
+        reason: str,
+    ) -> None:
+        """The audit tags of a promotion by hand, written before the alias moves."""
+        ref = self.resolve(str(version))
+        tags = {
+            f"{MANUAL_PREFIX}by": by or "unknown",
+            f"{MANUAL_PREFIX}at": datetime.now(UTC).isoformat(timespec="seconds"),
+            f"{MANUAL_PREFIX}from": previous.version if previous else "none",
+            f"{MANUAL_PREFIX}reason": reason,
+            f"{MANUAL_PREFIX}alias": alias,
+            GATE_TAG: MANUAL_PROMOTE,
+        }
+        if ref.tags.get(GATE_TAG) and ref.tags[GATE_TAG] != MANUAL_PROMOTE:
+            tags[f"{GATE_TAG}_refit"] = ref.tags[GATE_TAG]
+        client = self.client()
+        for key, value in tags.items():
+            client.set_model_version_tag(self.model_name, ref.version, key, value)
 
     # ------------------------------------------------------------------ loading
     def local_dir(self, ref: ModelRef) -> Path:
