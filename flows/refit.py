@@ -30,6 +30,7 @@ from tasks.refit import (
     register_candidate,
     remove_staging,
     resolve_champion,
+    resolve_code_commit,
     split_confirmed_shots,
     update_aliases,
 )
@@ -58,6 +59,12 @@ class RefitReport(BaseModel):
     candidate_metrics: dict[str, Any]
     champion_metrics: dict[str, Any] | None
     problems: list[str] = []
+    gate_decision: str = ""  # first-champion, promote, hold or insufficient
+    f1_gain: float | None = None  # point estimate on the whole hold-out
+    f1_gain_lower: float | None = None  # bootstrap lower bound the gate used
+    n_resamples: int = 0
+    holdout_per_class: dict[str, int] = {}
+    git_commit: str = "unknown"
 
     def markdown(self) -> str:
         """The run summary shown in the Prefect UI."""
@@ -88,6 +95,17 @@ class RefitReport(BaseModel):
         lines.append(
             f"\nconfirmed {self.n_confirmed}, support {self.n_support}, hold-out {self.n_holdout}"
         )
+        lines += [
+            "",
+            f"gate: **{self.gate_decision}**; macro F1 gain {_opt(self.f1_gain)} (point), "
+            f"{_opt(self.f1_gain_lower)} (95 % lower bound, {self.n_resamples} paired "
+            "bootstrap resamples)",
+            "",
+            "hold-out per class: "
+            + (", ".join(f"{k} {v}" for k, v in self.holdout_per_class.items()) or "none"),
+            "",
+            f"git commit: {self.git_commit}",
+        ]
         if self.random_backbone:
             lines[:0] = [f"> **{RANDOM_BACKBONE_BANNER}**", ""]
         lines += [f"- {p}" for p in self.problems]
@@ -140,6 +158,7 @@ def refit(
     gate_config = GateConfig(
         min_f1_gain=_pick(params.gate_min_f1_gain, settings.gate_min_f1_gain),
         max_pixel_f1_drop=_pick(params.gate_max_pixel_f1_drop, settings.gate_max_pixel_f1_drop),
+        min_holdout_per_class=settings.gate_min_holdout_per_class,
     )
 
     shots = load_confirmed_shots(bucket)
@@ -149,6 +168,7 @@ def refit(
     split = split_confirmed_shots(hashed, fraction, cap)
     run_id = current_flow_run_id() or "local"
     staging = settings.home / "staging" / "refit" / run_id
+    commit = resolve_code_commit(settings.git_commit)
     lineage = {
         "holdout_fraction": fraction,
         "support_cap_per_class": cap,
@@ -156,6 +176,7 @@ def refit(
         "n_train": split.n_train,
         "n_holdout": len(split.holdout),
         "flow_run_id": run_id,
+        "git_commit": commit,
     }
     with hold_slot(
         GPU_LIMIT,
@@ -173,6 +194,7 @@ def refit(
             out_dir=str(staging / "model"),
             lineage=lineage,
             device=params.device,
+            path_regex=settings.path_regex,
         )
         evaluation = evaluate_models(bucket, split.holdout, candidate.model_dir, registry, champion)
     if candidate.random_backbone:
@@ -189,11 +211,15 @@ def refit(
         "gate": {
             "min_f1_gain": gate_config.min_f1_gain,
             "max_pixel_f1_drop": gate_config.max_pixel_f1_drop,
+            "min_holdout_per_class": gate_config.min_holdout_per_class,
+            "n_resamples": gate_config.n_resamples,
+            "confidence": gate_config.confidence,
+            "seed": gate_config.seed,
         },
         **lineage,
     }
     version = register_candidate(
-        registry, candidate, evaluation, decision, logged_params, champion, run_id
+        registry, candidate, evaluation, decision, logged_params, champion, run_id, commit
     )
     champion_after = update_aliases(registry, version, decision.promote)
     remove_staging(str(staging))
@@ -211,10 +237,20 @@ def refit(
         candidate_metrics=evaluation.candidate.to_dict(),
         champion_metrics=evaluation.champion.to_dict() if evaluation.champion else None,
         problems=[*unreadable, *candidate.skipped, *evaluation.problems],
+        gate_decision=decision.decision,
+        f1_gain=decision.f1_gain,
+        f1_gain_lower=decision.f1_gain_lower,
+        n_resamples=decision.n_resamples,
+        holdout_per_class=decision.holdout_per_class,
+        git_commit=commit,
     )
     logger.info("version %s: %s", report.version, report.reason)
     create_markdown_artifact(report.markdown(), key="refit-report")
     return report
+
+
+def _opt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.4f}"
 
 
 def _pick(value: float | None, default: float) -> float:

@@ -110,10 +110,20 @@ class SemclipSettings(BaseSettings):
         20, ge=1, description="Most support shots per class at refit (newest first)."
     )
     gate_min_f1_gain: float = Field(
-        0.01, ge=-1.0, le=1.0, description="Macro F1 gain a candidate needs to become champion."
+        0.01,
+        ge=-1.0,
+        le=1.0,
+        description="Bootstrap 95 % lower bound of the macro F1 gain a candidate needs to "
+        "become champion.",
     )
     gate_max_pixel_f1_drop: float = Field(
         0.02, ge=0.0, le=1.0, description="Largest pixel F1-max drop a promotion tolerates."
+    )
+    gate_min_holdout_per_class: int = Field(
+        5,
+        ge=1,
+        description="Hold-out images each class the candidate knows (good included) needs "
+        "before the gate judges; fewer: 'insufficient', champion stays.",
     )
     mlflow_tracking_uri: str | None = Field(
         None,
@@ -142,6 +152,11 @@ class SemclipSettings(BaseSettings):
         gt=0,
         description="Nanometres per pixel of nightly images whose file carries no pixel size "
         "(TIFF resolution/description, PNG pHYs/text); unset: defect_area_nm2 is null for them.",
+    )
+    git_commit: str | None = Field(
+        None,
+        description="Commit recorded in a refit's lineage when the code's folder is not a git "
+        "checkout (e.g. an image built without .git); git rev-parse HEAD wins.",
     )
     prefect_home: Path | None = Field(None, description="PREFECT_HOME for local runs.")
     prefect_startup_timeout_s: int = Field(

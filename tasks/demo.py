@@ -10,6 +10,7 @@ the same bytes and a re-run of the demo is a re-run of the same night.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import io
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,7 @@ from prefect.cache_policies import NO_CACHE
 
 from semclip.io.quarantine import read_quarantine
 from semclip.io.query import summarize_dates
+from semclip.refit.split import is_holdout
 from semclip.registry.client import Registry
 from semclip.registry.refs import CHAMPION
 from semclip.synth import LABELS, render_sample, sample_rng
@@ -34,6 +36,7 @@ WAFERS = ("W01", "W02")
 TRUNCATED_NAME = "D9999.png"  # the one broken file of the first date
 DATABAR_FRAC = 0.08  # render_sample's default databar height
 _CONFIRMED_SEED_OFFSET = 1000  # confirmed shots are other images than the nightly dumps
+_MAX_CONFIRMED_DRAWS = 5000  # per class: a hold-out fraction this small is a mistake
 
 
 @dataclass(frozen=True)
@@ -70,8 +73,16 @@ def seed_demo_bucket(
     confirmed_per_class: int,
     size: int,
     seed: int,
+    holdout_fraction: float = 0.2,
+    min_holdout_per_class: int = 0,
 ) -> DemoSeed:
-    """Write the synthetic dumps and confirmed shots (idempotent: same bytes each time)."""
+    """Write the synthetic dumps and confirmed shots (idempotent: same bytes each time).
+
+    Confirmed shots are drawn per class until ``confirmed_per_class`` fall on the train
+    side and ``min_holdout_per_class`` on the hold-out side of the content-hash split at
+    ``holdout_fraction`` (SEMCLIP_HOLDOUT_FRACTION, SEMCLIP_GATE_MIN_HOLDOUT_PER_CLASS), so
+    the gate judges the demo's second version instead of calling its hold-out insufficient.
+    """
     fs, root = bucket.open(create=True)
     rows = databar_rows(size, "bottom", DATABAR_FRAC)
     for day, date in enumerate(dates):
@@ -90,28 +101,70 @@ def seed_demo_bucket(
         broken = f"{root}/raw/{dates[0].isoformat()}/{LOTS[0]}/{WAFERS[0]}/{TRUNCATED_NAME}"
         fs.pipe_file(broken, good[: len(good) // 3])
     lines = ["image_uri,label,mask_uri,confirmed_at,reviewer"]
-    stamp = dt.datetime(2026, 10, 1, 8, 0, tzinfo=dt.UTC)
     for label in LABELS:
-        for i in range(confirmed_per_class):
-            sample = render_sample(
-                label, sample_rng(seed + _CONFIRMED_SEED_OFFSET, label, i), size=size
-            )
-            image = f"confirmed/images/{label}/{label}_{i:03d}.png"
-            fs.pipe_file(f"{root}/{image}", _png(sample.image))
-            mask = ""
-            if label != "good":
-                mask = f"confirmed/masks/{label}/{label}_{i:03d}.png"
-                fs.pipe_file(f"{root}/{mask}", _png(sample.mask.astype(np.uint8) * 255))
-            when = (stamp + dt.timedelta(hours=i)).isoformat()
-            lines.append(f"{image},{label},{mask},{when},demo-engineer")
+        lines += _seed_confirmed(
+            fs,
+            root,
+            label,
+            (confirmed_per_class, min_holdout_per_class),
+            holdout_fraction,
+            size,
+            seed,
+        )
     fs.pipe_file(f"{root}/confirmed/shots.csv", ("\n".join(lines) + "\n").encode())
     fs.invalidate_cache()
     return DemoSeed(
         dates=list(dates),
         raw_images=len(dates) * images_per_date + (1 if dates else 0),
-        confirmed_shots=len(LABELS) * confirmed_per_class,
+        confirmed_shots=len(lines) - 1,
         databar_bottom=rows,
     )
+
+
+def _seed_confirmed(
+    fs: Any,
+    root: str,
+    label: str,
+    wanted: tuple[int, int],
+    holdout_fraction: float,
+    size: int,
+    seed: int,
+) -> list[str]:
+    """CSV rows of one class's confirmed shots: ``wanted`` = (train, hold-out) counts.
+
+    Images lie in lot/wafer folders (``confirmed/images/<lot>/<wafer>/``), round robin, so
+    the refit's calibration folds have wafers to keep whole, as a fab's shots would.
+    """
+    n_train, n_holdout = wanted
+    stamp = dt.datetime(2026, 10, 1, 8, 0, tzinfo=dt.UTC)
+    wafers = [(lot, wafer) for lot in LOTS for wafer in WAFERS]
+    rows, train, held, i = [], 0, 0, 0
+    while train < n_train or held < n_holdout:
+        if i >= _MAX_CONFIRMED_DRAWS:
+            raise ValueError(
+                f"demo seeding: {i} {label} shots drawn and only {held} on the hold-out side "
+                f"at SEMCLIP_HOLDOUT_FRACTION={holdout_fraction}; raise the fraction or lower "
+                "SEMCLIP_GATE_MIN_HOLDOUT_PER_CLASS"
+            )
+        sample = render_sample(
+            label, sample_rng(seed + _CONFIRMED_SEED_OFFSET, label, i), size=size
+        )
+        png = _png(sample.image)
+        side = is_holdout(hashlib.sha256(png).hexdigest(), holdout_fraction)
+        i += 1
+        if (held >= n_holdout) if side else (train >= n_train):
+            continue  # that side is full: the shot would only make the refit slower
+        held, train = held + side, train + (not side)
+        lot, wafer = wafers[len(rows) % len(wafers)]
+        name = f"{lot}/{wafer}/{label}_{i - 1:03d}.png"
+        fs.pipe_file(f"{root}/confirmed/images/{name}", png)
+        mask = ""
+        if label != "good":
+            mask = f"confirmed/masks/{name}"
+            fs.pipe_file(f"{root}/{mask}", _png(sample.mask.astype(np.uint8) * 255))
+        when = (stamp + dt.timedelta(hours=len(rows))).isoformat()
+        rows.append(f"confirmed/images/{name},{label},{mask},{when},demo-engineer")
+    return rows
 
 
 @task(name="summarize_predictions", cache_policy=NO_CACHE, **IO_RETRIES)

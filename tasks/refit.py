@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -19,6 +20,7 @@ from semclip.refit.backbone import BackboneChoice, choose_backbone
 from semclip.refit.decode import load_holdout, support_items
 from semclip.refit.evaluate import HoldoutMetrics, evaluate
 from semclip.refit.gate import GateConfig, GateDecision, gate
+from semclip.refit.provenance import UNKNOWN_COMMIT, git_commit
 from semclip.refit.shots import RefitError, Shot, hash_shots, shots_from_frame
 from semclip.refit.split import exclude_trained, select_support, split_shots
 from semclip.registry.client import Registry
@@ -38,6 +40,7 @@ __all__ = [
     "register_candidate",
     "remove_staging",
     "resolve_champion",
+    "resolve_code_commit",
     "split_confirmed_shots",
     "update_aliases",
 ]
@@ -61,6 +64,8 @@ class Candidate:
     random_backbone: bool
     shots_per_class: dict[str, int]
     skipped: list[str] = field(default_factory=list)  # support shots left out, with reasons
+    support: list[dict[str, Any]] = field(default_factory=list)  # lineage rows: uri, hash, …
+    classes: list[str] = field(default_factory=list)  # the candidate's, good first
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,7 @@ class Evaluation:
     n_holdout: int  # images both were scored on
     dropped: list[str] = field(default_factory=list)  # hold-out images a model trained on
     problems: list[str] = field(default_factory=list)  # hold-out shots that could not be read
+    scored: list[Shot] = field(default_factory=list)  # the hold-out shots both were scored on
 
 
 @task(name="load_confirmed_shots", **IO_RETRIES)
@@ -136,8 +142,13 @@ def fit_candidate(
     out_dir: str,
     lineage: dict[str, Any],
     device: str | None = None,
+    path_regex: str | None = None,
 ) -> Candidate:
-    """Fit the heads on the support shots and save the model directory to ``out_dir``."""
+    """Fit the heads on the support shots and save the model directory to ``out_dir``.
+
+    ``path_regex`` (SEMCLIP_PATH_REGEX) gives each shot its lot/wafer group, so the
+    cross-validation that picks τ and α keeps each wafer in one fold.
+    """
     from semclip.artifact import save_model
     from semclip.config import FitConfig
     from semclip.data.databar import DatabarCrop
@@ -145,7 +156,7 @@ def fit_candidate(
     from semclip.refit.backbone import load_chosen_backbone
 
     fs, _ = bucket.open()
-    items, skipped = support_items(fs, support)
+    items, skipped = support_items(fs, support, path_regex)
     if not items:
         raise RefitError("none of the support shots could be read: " + "; ".join(skipped[:5]))
     loaded = load_chosen_backbone(backbone, device)
@@ -165,6 +176,8 @@ def fit_candidate(
         random_backbone=loaded.random_weights,
         shots_per_class=shots_per_class(items),
         skipped=skipped,
+        support=list(model.lineage.get("support", [])),
+        classes=list(model.classes),
     )
 
 
@@ -203,6 +216,7 @@ def evaluate_models(
         n_holdout=len(images),
         dropped=[s.image_uri for s in dropped],
         problems=list(images.problems),
+        scored=list(images.shots),
     )
 
 
@@ -214,6 +228,13 @@ def decide_promotion(
     return gate(evaluation.candidate, evaluation.champion, has_champion=has_champion, config=config)
 
 
+@task(name="resolve_code_commit", cache_policy=NO_CACHE)
+def resolve_code_commit(fallback: str | None = None) -> str:
+    """The git commit of the checkout this task's code runs from (a worker's pull, too);
+    ``fallback`` (SEMCLIP_GIT_COMMIT) when that is no git checkout, else ``"unknown"``."""
+    return git_commit(Path(__file__).resolve().parent, fallback)
+
+
 @task(name="register_candidate")
 def register_candidate(
     registry: Registry,
@@ -223,24 +244,31 @@ def register_candidate(
     params: dict[str, Any],
     champion: ModelRef | None,
     flow_run_id: str | None,
+    git_commit: str = UNKNOWN_COMMIT,
 ) -> ModelRef:
-    """Log params, hold-out metrics of both models, lineage and the decision; register.
+    """Log params, hold-out metrics of both models, lineage, the decision and the support
+    and hold-out sets as datasets; register with a description.
 
     No retries: a retry after a half-done registration would register a second version.
     """
     metrics: dict[str, float | None] = {
         **evaluation.candidate.loggable("candidate"),
         "holdout.n_images": float(evaluation.n_holdout),
+        **{f"holdout.n_{k}": float(v) for k, v in decision.holdout_per_class.items()},
         "gate.f1_gain": decision.f1_gain,
+        "gate.f1_gain_lower": decision.f1_gain_lower,
+        "gate.n_resamples": float(decision.n_resamples),
         "gate.pixel_f1_drop": decision.pixel_f1_drop,
     }
     if evaluation.champion is not None:
         metrics.update(evaluation.champion.loggable("champion"))
     tags = {
-        "semclip.gate": "promote" if decision.promote else "hold",
+        "semclip.gate": decision.decision,
         "semclip.backbone": candidate.backbone,
         "semclip.champion_before": champion.version if champion else "none",
         "semclip.flow_run_id": flow_run_id or "none",
+        "semclip.git_commit": git_commit,
+        "mlflow.source.git.commit": git_commit,  # what the MLflow UI shows as the source
     }
     documents = {
         "gate.json": decision.to_dict(),
@@ -262,6 +290,63 @@ def register_candidate(
         metrics=metrics,
         tags=tags,
         documents=documents,
+        datasets={
+            "training": support_frame(candidate.support),
+            "holdout": holdout_frame(evaluation.scored),
+        },
+        description=version_description(candidate, decision, git_commit),
+    )
+
+
+def support_frame(support: list[dict[str, Any]]) -> pd.DataFrame:
+    """The support the candidate was fitted on, one row per image (as its lineage says)."""
+    rows = [
+        {
+            "image_uri": s.get("uri"),
+            "sha256": s.get("sha256"),
+            "label": s.get("label"),
+            "group": s.get("group"),
+        }
+        for s in support
+    ]
+    return pd.DataFrame(rows, columns=["image_uri", "sha256", "label", "group"])
+
+
+def holdout_frame(shots: list[Shot]) -> pd.DataFrame:
+    """The hold-out images both models were scored on, one row per image."""
+    rows = [
+        {
+            "image_uri": s.image_uri,
+            "sha256": s.sha256,
+            "label": s.label,
+            "mask_uri": s.mask_uri,
+            "confirmed_at": s.confirmed_at.isoformat(),
+        }
+        for s in shots
+    ]
+    columns = ["image_uri", "sha256", "label", "mask_uri", "confirmed_at"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def version_description(candidate: Candidate, decision: GateDecision, git_commit: str) -> str:
+    """What a registry browser shows for the version: classes, backbone, shots, the gate."""
+    order = [*candidate.classes, *sorted(set(candidate.shots_per_class) - set(candidate.classes))]
+    shots = ", ".join(
+        f"{label} {candidate.shots_per_class[label]}"
+        for label in order
+        if label in candidate.shots_per_class
+    )
+    lower = "n/a" if decision.f1_gain_lower is None else f"{decision.f1_gain_lower:+.4f}"
+    holdout = ", ".join(f"{label} {n}" for label, n in decision.holdout_per_class.items())
+    return "\n".join(
+        [
+            f"classes: {', '.join(candidate.classes)}",
+            f"backbone: {candidate.backbone}",
+            f"support shots: {shots}",
+            f"hold-out images: {holdout or 'none'}",
+            f"gate: {decision.decision} (macro F1 gain lower bound {lower}): {decision.reason}",
+            f"git commit: {git_commit}",
+        ]
     )
 
 

@@ -267,15 +267,20 @@ def write_raw_dump(
 
 
 def write_confirmed(
-    fs: AbstractFileSystem, root: str, per_class: dict[str, int], seed: int = 3
+    fs: AbstractFileSystem, root: str, per_class: dict[str, int], seed: int = 3, wafers: int = 0
 ) -> None:
-    """Confirmed shots with masks under ``confirmed/``, one CSV, older rows first."""
+    """Confirmed shots with masks under ``confirmed/``, one CSV, older rows first.
+
+    ``wafers`` > 0 puts shot i of each class under ``confirmed/img/LOT1/W<i % wafers>/``
+    (the same bytes, so the same split), for tests of the wafer groups.
+    """
     lines = ["image_uri,label,mask_uri,confirmed_at,reviewer"]
     stamp = dt.datetime(2026, 10, 1, tzinfo=dt.UTC)
     for label, count in per_class.items():
         for i in range(count):
             sample = render_sample(label, sample_rng(seed, label, i), size=IMAGE_SIZE)
-            image = f"confirmed/img/{label}_{i}.png"
+            folder = f"LOT1/W{i % wafers + 1:02d}/" if wafers else ""
+            image = f"confirmed/img/{folder}{label}_{i}.png"
             fs.pipe_file(f"{root}/{image}", png_bytes(sample.image))
             mask = ""
             if label != "good":

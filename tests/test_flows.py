@@ -374,9 +374,11 @@ def test_refit_registers_champion_then_gates_an_equal_candidate(
     assert lineage["refit"]["n_holdout"] == first.n_holdout
     support_hashes = {s["sha256"] for s in lineage["support"]}
 
-    second = refit(**options)  # same shots, same seed: same scores, so no gain
+    second = refit(**options)  # same shots; a hold-out of 3 images, none of them good
 
-    assert second.version == "2" and not second.promoted and "below the required" in second.reason
+    assert second.version == "2" and not second.promoted
+    assert second.gate_decision == "insufficient" and "good 0" in second.reason
+    assert second.holdout_per_class == {"good": 0, "bridge": 1, "scratch": 2}
     assert second.champion_version == "1" and second.previous_champion == "1"
     assert registry.resolve(CHAMPION).version == "1"
     assert registry.resolve(CHALLENGER).version == "2"
@@ -386,6 +388,63 @@ def test_refit_registers_champion_then_gates_an_equal_candidate(
     assert {s["sha256"] for s in second_lineage["support"]} == support_hashes  # fixed split
     metrics = registry.run_metrics(registry.resolve("2"))
     assert {"candidate.f1", "champion.f1", "holdout.n_images"} <= set(metrics)
+    assert registry.resolve("2").tags["semclip.gate"] == "insufficient"
+
+
+def test_refit_judges_on_the_bootstrap_bound_and_records_what_an_ml_engineer_expects(
+    kit: Kit, pipeline_env: PipelineEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 11: wafer groups, the bootstrap gate, and the MLflow record of a refit."""
+    import subprocess
+
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("SEMCLIP_SUPPORT_CAP_PER_CLASS", "1")
+    monkeypatch.setenv("SEMCLIP_HOLDOUT_FRACTION", "0.5")  # 3 good, 3 bridge, 2 scratch held
+    monkeypatch.setenv("SEMCLIP_GATE_MIN_HOLDOUT_PER_CLASS", "2")
+    env = pipeline_env
+    kit.write_confirmed(env.fs, env.root, {"good": 4, "bridge": 4, "scratch": 4}, wafers=2)
+
+    report = refit(backbone="semclip-tiny", fit=kit.FAST_FIT, databar_bottom=5)
+
+    assert report.version == "2" and report.previous_champion == "1"
+    assert report.gate_decision in {"hold", "promote"}  # judged, not insufficient
+    assert report.promoted is (report.gate_decision == "promote")
+    assert report.holdout_per_class == {"good": 3, "bridge": 3, "scratch": 2}
+    assert report.n_resamples == 1000 and report.f1_gain is not None
+    assert report.f1_gain_lower is not None and f"{report.f1_gain_lower:+.4f}" in report.reason
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    assert report.git_commit == head.stdout.strip() and len(report.git_commit) == 40
+
+    ref = env.registry.resolve("2")
+    model = env.registry.load(ref)
+    groups = {s["group"] for s in model.lineage["support"]}
+    assert groups <= {"LOT1/W01", "LOT1/W02"} and None not in groups  # folds keep wafers
+    assert model.lineage["refit"]["git_commit"] == report.git_commit
+
+    client = MlflowClient(tracking_uri=env.registry.tracking_uri)
+    run = client.get_run(ref.run_id or "")
+    metrics, tags = run.data.metrics, run.data.tags
+    assert metrics["gate.f1_gain_lower"] == pytest.approx(report.f1_gain_lower)
+    assert metrics["gate.n_resamples"] == 1000 and metrics["holdout.n_good"] == 3
+    for label in ("good", "bridge", "scratch"):
+        assert f"candidate.holdout_f1_{label}" in metrics
+        assert f"candidate.holdout_recall_{label}" in metrics
+    assert tags["mlflow.source.git.commit"] == report.git_commit
+    assert ref.tags["semclip.gate"] == report.gate_decision
+    assert ref.tags["semclip.git_commit"] == report.git_commit
+
+    inputs = {d.tags[0].value: d.dataset for d in run.inputs.dataset_inputs}
+    assert set(inputs) == {"training", "holdout"}
+    support = inputs["training"]
+    assert "image_uri" in support.schema and "sha256" in support.schema
+    assert "label" in support.schema and support.profile and '"num_rows": 3' in support.profile
+    assert '"num_rows": 8' in inputs["holdout"].profile
+
+    description = client.get_model_version(ref.name, "2").description
+    assert "classes: good, bridge, scratch" in description
+    assert "backbone: semclip-tiny" in description and "good 1, bridge 1, scratch 1" in description
+    assert f"gate: {report.gate_decision}" in description
 
 
 def test_refit_without_confirmed_shots_fails_clearly(pipeline_env: PipelineEnv) -> None:

@@ -20,8 +20,9 @@ from semclip.metrics import classification_metrics
 from semclip.refit.backbone import BackboneChoice, choose_backbone, load_chosen_backbone
 from semclip.refit.decode import load_holdout, support_items
 from semclip.refit.evaluate import HoldoutMetrics, evaluate
-from semclip.refit.gate import GateConfig, gate
-from semclip.refit.shots import RefitError, Shot, hash_shots, shots_from_frame
+from semclip.refit.gate import GateConfig, _macro_f1, bootstrap_f1_gain, gate
+from semclip.refit.provenance import git_commit
+from semclip.refit.shots import RefitError, Shot, hash_shots, shots_from_frame, wafer_group
 from semclip.refit.split import (
     exclude_trained,
     holdout_position,
@@ -29,6 +30,7 @@ from semclip.refit.split import (
     select_support,
     split_shots,
 )
+from semclip.settings import DEFAULT_PATH_REGEX
 
 if TYPE_CHECKING:
     from conftest_pipeline import Kit
@@ -92,41 +94,155 @@ def test_exclude_trained_drops_images_a_model_was_fitted_on() -> None:
 
 # --------------------------------------------------------------------------- gate
 
+CLASSES = ("good", "bridge", "scratch")
+
+
+def _scored(
+    truth: list[str],
+    predicted: list[str],
+    pixel: float | None = None,
+    classes: tuple[str, ...] = CLASSES,
+) -> HoldoutMetrics:
+    """Hold-out metrics of per-image predictions, computed as ``evaluate`` does."""
+    labels = tuple((["good"] if "good" in truth else []) + sorted(set(truth) - {"good"}))
+    cls = classification_metrics(truth, predicted, list(labels))
+    return HoldoutMetrics(
+        len(truth),
+        0,
+        cls["accuracy"],
+        cls["f1"],
+        cls["precision"],
+        cls["recall"],
+        pixel,
+        3 if pixel is not None else 0,
+        labels,
+        truth=tuple(truth),
+        predicted=tuple(predicted),
+        model_classes=classes,
+    )
+
+
+def _wrong(truth: list[str], n: int) -> list[str]:
+    """``truth`` with its first ``n`` images predicted as the next class."""
+    return [CLASSES[(CLASSES.index(t) + 1) % 3] if i < n else t for i, t in enumerate(truth)]
+
+
+TRUTH = [label for label in CLASSES for _ in range(8)]  # 24 images, 8 per class
+
 
 @pytest.mark.parametrize(
-    ("candidate", "champion", "config", "promote", "words"),
+    ("candidate", "champion", "config", "decision", "words"),
     [
-        (_metrics(0.80), _metrics(0.70), GateConfig(), True, "gain +0.1000"),
-        (_metrics(0.71), _metrics(0.70), GateConfig(), True, "promoted"),  # exactly the gain
-        (_metrics(0.705), _metrics(0.70), GateConfig(), False, "below the required"),
-        (_metrics(0.70), _metrics(0.70), GateConfig(min_f1_gain=0.0), True, "promoted"),
-        (_metrics(0.90, 0.60), _metrics(0.70, 0.65), GateConfig(), False, "pixel F1-max drops"),
-        (_metrics(0.90, 0.63), _metrics(0.70, 0.65), GateConfig(), True, "pixel F1-max change"),
-        (_metrics(0.90, 0.50), _metrics(0.70, None), GateConfig(), True, "promoted"),
+        # 12 images fixed: the whole interval lies well above the required gain.
         (
-            _metrics(0.90, 0.60),
-            _metrics(0.70, 0.65),
-            GateConfig(max_pixel_f1_drop=0.1),
-            True,
+            _scored(TRUTH, TRUTH),
+            _scored(TRUTH, _wrong(TRUTH, 12)),
+            GateConfig(),
+            "promote",
             "promoted",
         ),
-        (_metrics(None), _metrics(None), GateConfig(), False, "no hold-out image"),
+        # One image fixed: +0.04 point gain, but the lower bound is at or below 0.
+        (
+            _scored(TRUTH, TRUTH),
+            _scored(TRUTH, _wrong(TRUTH, 1)),
+            GateConfig(),
+            "hold",
+            "lower bound",
+        ),
+        (_scored(TRUTH, TRUTH), _scored(TRUTH, TRUTH), GateConfig(), "hold", "below the required"),
+        (
+            _scored(TRUTH, TRUTH),
+            _scored(TRUTH, TRUTH),
+            GateConfig(min_f1_gain=0.0),
+            "promote",
+            "promoted",
+        ),
+        (
+            _scored(TRUTH, TRUTH, 0.60),
+            _scored(TRUTH, _wrong(TRUTH, 12), 0.65),
+            GateConfig(),
+            "hold",
+            "pixel F1-max drops",
+        ),
+        (
+            _scored(TRUTH, TRUTH, 0.63),
+            _scored(TRUTH, _wrong(TRUTH, 12), 0.65),
+            GateConfig(),
+            "promote",
+            "pixel F1-max change",
+        ),
+        (
+            _scored(TRUTH, TRUTH, 0.60),
+            _scored(TRUTH, _wrong(TRUTH, 12), 0.65),
+            GateConfig(max_pixel_f1_drop=0.1),
+            "promote",
+            "promoted",
+        ),
+        (_metrics(None), _metrics(None), GateConfig(), "hold", "no hold-out image"),
     ],
 )
 def test_gate(
     candidate: HoldoutMetrics,
     champion: HoldoutMetrics,
     config: GateConfig,
-    promote: bool,
+    decision: str,
     words: str,
 ) -> None:
-    decision = gate(candidate, champion, has_champion=True, config=config)
-    assert decision.promote is promote and words in decision.reason
+    result = gate(candidate, champion, has_champion=True, config=config)
+    assert result.decision == decision and result.promote is (decision == "promote")
+    assert words in result.reason
+
+
+def test_gate_judges_the_bootstrap_lower_bound_not_the_point_gain() -> None:
+    champion = _scored(TRUTH, _wrong(TRUTH, 1))
+    decision = gate(_scored(TRUTH, TRUTH), champion, has_champion=True)
+    assert decision.f1_gain is not None and decision.f1_gain > 0.01  # the old gate promoted
+    assert decision.f1_gain_lower is not None and decision.f1_gain_lower <= 0.0
+    assert not decision.promote and decision.n_resamples == 1000
+    assert decision.holdout_per_class == {"good": 8, "bridge": 8, "scratch": 8}
+    again = gate(_scored(TRUTH, TRUTH), champion, has_champion=True)
+    assert again.f1_gain_lower == decision.f1_gain_lower  # seeded
+
+
+def test_bootstrap_is_paired_and_its_full_sample_is_the_macro_f1() -> None:
+    predicted = _wrong(TRUTH, 5)
+    same = bootstrap_f1_gain(TRUTH, predicted, predicted, CLASSES, n_resamples=200, seed=1)
+    assert same.shape == (200,) and not same.any()  # paired: identical models never differ
+    gains = bootstrap_f1_gain(TRUTH, TRUTH, predicted, CLASSES, n_resamples=2000, seed=1)
+    point = 1.0 - classification_metrics(TRUTH, predicted, list(CLASSES))["f1"]
+    assert abs(float(np.mean(gains)) - point) < 0.02 and gains.std() > 0
+    again = bootstrap_f1_gain(TRUTH, TRUTH, predicted, CLASSES, n_resamples=2000, seed=1)
+    assert (gains == again).all()  # seeded
+    whole = np.ones((1, len(TRUTH)))  # every image once: the hold-out itself
+    f1 = _macro_f1(whole, np.asarray(TRUTH), np.asarray(predicted), CLASSES)
+    assert f1[0] == pytest.approx(1.0 - point)
+    with pytest.raises(ValueError, match="equal, non-empty"):
+        bootstrap_f1_gain(TRUTH, TRUTH[:3], TRUTH, CLASSES)
+
+
+def test_gate_says_insufficient_below_the_minimum_hold_out_per_class() -> None:
+    """The hold-out of issue 11: 14 images, none good. A far better candidate still waits."""
+    truth = ["bridge"] * 7 + ["scratch"] * 7
+    candidate, champion = _scored(truth, truth), _scored(truth, ["bridge"] * 14)
+    decision = gate(candidate, champion, has_champion=True)
+    assert decision.decision == "insufficient" and not decision.promote
+    assert "good 0" in decision.reason and "SEMCLIP_GATE_MIN_HOLDOUT_PER_CLASS" in decision.reason
+    assert decision.holdout_per_class == {"good": 0, "bridge": 7, "scratch": 7}
+    assert decision.f1_gain is not None and decision.f1_gain > 0.3  # reported all the same
+    assert decision.f1_gain_lower is not None
+    enough = gate(
+        candidate, champion, has_champion=True, config=GateConfig(min_holdout_per_class=0)
+    )
+    assert enough.decision == "promote"
+    # A class the candidate knows but the hold-out lacks entirely counts as 0.
+    four = _scored(TRUTH, TRUTH, classes=(*CLASSES, "hole"))
+    assert gate(four, _scored(TRUTH, TRUTH), has_champion=True).holdout_per_class["hole"] == 0
 
 
 def test_gate_promotes_the_first_model_whatever_its_scores() -> None:
     decision = gate(_metrics(0.0), None, has_champion=False)
     assert decision.promote and "no champion yet" in decision.reason
+    assert decision.decision == "first-champion"
     assert not gate(_metrics(0.9), None, has_champion=True).promote
 
 
@@ -229,3 +345,84 @@ def tiny_checkpoint_file(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.pt"
     torch.save({"state_dict": load_backbone("semclip-tiny", None, "cpu").model.state_dict()}, path)
     return path
+
+
+# --------------------------------------------------------------------------- wafer groups
+
+
+@pytest.mark.parametrize(
+    ("uri", "regex", "group"),
+    [
+        ("s3://fab/raw/2026-10-01/L12/W07/D0003.png", DEFAULT_PATH_REGEX, "L12/W07"),
+        # An anchored regex is searched below raw/<date>/, as the nightly flow does.
+        (
+            "s3://fab/raw/2026-10-01/L12/W07/D0003.png",
+            r"^(?P<lot_id>[^/]+)/(?P<wafer_id>[^/]+)/",
+            "L12/W07",
+        ),
+        ("file:///b/confirmed/img/x.png", r"^(?P<lot_id>L\d+)/(?P<wafer_id>W\d+)/", None),
+        ("s3://fab/raw/2026-10-01/L12/D3.png", r"(?P<lot_id>L\d+)/", "L12/?"),
+    ],
+)
+def test_wafer_group_from_the_path_regex(uri: str, regex: str, group: str | None) -> None:
+    assert wafer_group(uri, regex) == group
+
+
+def test_calibration_folds_keep_each_wafer_whole(kit: Kit, tmp_path: Path) -> None:
+    """Issue 11: refit CV folded by image, so τ/α were picked on a wafer's near copies."""
+    from semclip import FitConfig, SemclipModel, load_backbone
+
+    fs, root = open_bucket(f"file://{tmp_path / 'bucket'}", create=True)
+    kit.write_confirmed(fs, root, {"good": 3, "bridge": 3}, wafers=2)
+    shots, _ = hash_shots(fs, shots_from_frame(read_confirmed(fs, root)))
+    items, _ = support_items(fs, shots, DEFAULT_PATH_REGEX)
+    assert sorted({i.group or "" for i in items}) == ["LOT1/W01", "LOT1/W02"]
+    assert all(i.group is None for i in support_items(fs, shots)[0])  # no regex: by image
+    backbone = load_backbone("semclip-tiny", None, "cpu")
+    config = FitConfig.from_dict({**kit.FAST_FIT, "cv_folds": 3})
+    model = SemclipModel.fit(backbone, items, config=config)
+    assert model.calibration.method == "cross-validation"
+    assert model.calibration.details["folds"] == 2  # by image it would be 3
+    assert {s["group"] for s in model.lineage["support"]} == {"LOT1/W01", "LOT1/W02"}
+
+
+def test_git_commit_of_the_code_folder_else_setting_else_unknown(tmp_path: Path) -> None:
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True)
+    assert git_commit(repo / "tasks", "ignored") == head.stdout.strip()
+    assert git_commit(tmp_path, " abc123 ") == "abc123"  # not a checkout: the setting
+    assert git_commit(tmp_path) == "unknown"
+    assert git_commit(tmp_path / "missing") == "unknown"  # never an error
+
+
+# --------------------------------------------------------------------------- demo sizing
+
+
+def test_demo_seed_gives_each_class_the_gate_minimum_on_the_hold_out(tmp_path: Path) -> None:
+    """Issue 11: the demo's 6 shots per class left ~1 per class held out: v2 was never judged."""
+    from semclip.settings import get_settings
+    from tasks.common import BucketRef
+    from tasks.demo import seed_demo_bucket
+
+    settings = get_settings(home=tmp_path / "home", bucket=str(tmp_path / "bucket"))
+    seeded = seed_demo_bucket.fn(
+        BucketRef.from_settings(settings),
+        [],
+        0,
+        6,
+        64,
+        0,
+        holdout_fraction=settings.holdout_fraction,
+        min_holdout_per_class=settings.gate_min_holdout_per_class,
+    )
+    fs, root = open_bucket(settings.bucket or "")
+    shots, problems = hash_shots(fs, shots_from_frame(read_confirmed(fs, root)))
+    assert problems == [] and seeded.confirmed_shots == len(shots)
+    train, holdout = split_shots(shots, settings.holdout_fraction)
+    for label in {s.label for s in shots}:
+        assert sum(s.label == label for s in train) == 6
+        assert sum(s.label == label for s in holdout) == settings.gate_min_holdout_per_class
+    groups = {wafer_group(s.image_uri, settings.path_regex) for s in shots}
+    assert len(groups) == 4 and None not in groups  # 2 lots x 2 wafers

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -60,6 +61,56 @@ def test_pyfunc_serves_the_registered_version(
 
 
 @pytest.mark.slow
+def test_pyfunc_rows_carry_the_registered_version_not_candidate(
+    kit: Kit,
+    champion_registry: Registry,
+    small_model_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 11: the generic pyfunc said 'candidate'; every row now says the version."""
+    import mlflow.artifacts
+    import mlflow.pyfunc
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    from semclip.artifact import save_model
+
+    candidate = load_model(small_model_dir)
+    candidate.version = "candidate"  # what the refit writes before a version exists
+    second = champion_registry.log_version(save_model(candidate, tmp_path / "candidate"))
+    assert second.version == "2"
+    monkeypatch.setattr(tracking_utils, "_tracking_uri", None)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", champion_registry.tracking_uri)
+    served = mlflow.pyfunc.load_model(f"models:/{kit.MODEL_NAME}/2")
+    frame = pd.DataFrame({"image": [kit.synth_png("bridge", 1), b"not an image"]})
+    out = served.predict(frame)
+    assert list(out["model_version"]) == ["2", "2"]  # the failed row too
+    assert list(out["model_name"]) == [kit.MODEL_NAME] * 2
+    first = mlflow.pyfunc.load_model(f"models:/{kit.MODEL_NAME}/1").predict(frame.iloc[:1])
+    assert list(first["model_version"]) == ["1"]
+
+    # Signature both ways and an input example that the model predicts.
+    schema = served.metadata.get_output_schema()
+    assert schema is not None and "model_version" in schema.input_names()
+    assert {"probabilities", "bbox", "error"} <= set(schema.input_names())
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{kit.MODEL_NAME}/2"))
+    example = served.metadata.load_input_example(str(local))
+    assert list(example.columns) == ["image"]
+    assert served.predict(example).loc[0, "error"] is None
+
+    # No registry to ask (a bare copy of the model, MLflow unset or unreachable): null.
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    rows = mlflow.pyfunc.load_model(str(local)).predict(frame.iloc[:1])
+    assert rows.loc[0, "model_version"] is None
+    assert list((tmp_path / "cwd").iterdir()) == []  # MLflow's default mlflow.db not made
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens there
+    rows = mlflow.pyfunc.load_model(str(local)).predict(frame.iloc[:1])
+    assert rows.loc[0, "model_version"] is None
+
+
+@pytest.mark.slow
 def test_missing_model_version_and_alias_are_clear_errors(
     champion_registry: Registry, empty_registry: Registry
 ) -> None:
@@ -96,16 +147,35 @@ def test_promote_cli(
 ) -> None:
     monkeypatch.setenv("SEMCLIP_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", champion_registry.tracking_uri)
-    champion_registry.log_version(small_model_dir, metrics={"candidate.f1": 0.75})
-    assert main(["promote", "--version", "2"]) == 0
+    monkeypatch.setenv("USER", "jdoe")
+    champion_registry.log_version(
+        small_model_dir, metrics={"candidate.f1": 0.75}, tags={"semclip.gate": "hold"}
+    )
+    with pytest.raises(SystemExit):  # the gate is overridden only with a stated reason
+        main(["promote", "--version", "2"])
+    assert "--reason" in capsys.readouterr().err
+    assert champion_registry.resolve().version == "1"
+    assert main(["promote", "--version", "2", "--reason", "hold-out too small"]) == 0
     out = capsys.readouterr().out
     assert "champion of semclip-sem: v1 -> v2" in out
     assert "f1 0.7500" in out and "RANDOM-WEIGHT" in out
-    assert "semclip promote --version 1" in out
-    assert champion_registry.resolve().version == "2"
-    assert main(["promote", "--version", "99"]) == 2
+    assert "semclip promote --version 1" in out and "--reason" in out
+    promoted = champion_registry.resolve()
+    assert promoted.version == "2"
+    assert promoted.tags["semclip.promoted_by"] == "jdoe"
+    assert promoted.tags["semclip.promoted_from"] == "1"
+    assert promoted.tags["semclip.promoted_reason"] == "hold-out too small"
+    assert promoted.tags["semclip.gate"] == "manual-promote"
+    assert promoted.tags["semclip.gate_refit"] == "hold"  # the refit's own word, kept
+    when = dt.datetime.fromisoformat(promoted.tags["semclip.promoted_at"])
+    assert abs((dt.datetime.now(dt.UTC) - when).total_seconds()) < 120
+    assert main(["promote", "--version", "1", "--reason", "rollback", "--by", "ops"]) == 0
+    back = champion_registry.resolve()
+    assert (back.version, back.tags["semclip.promoted_by"]) == ("1", "ops")
+    assert back.tags["semclip.promoted_from"] == "2"
+    assert main(["promote", "--version", "99", "--reason", "x"]) == 2
     assert "has no version 99" in capsys.readouterr().err
-    assert champion_registry.resolve().version == "2"
+    assert champion_registry.resolve().version == "1"
 
 
 @pytest.mark.slow

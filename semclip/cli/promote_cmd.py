@@ -3,11 +3,19 @@
 The refit flow moves ``champion`` only through its gate; a person overrides it here. A
 rollback is promoting the older version; the command prints the one it replaced, so the way
 back is always one line.
+
+Overriding the gate is an audited act: ``--reason`` is required (no default: "manual" says
+nothing to the next person), ``--by`` defaults to ``$USER``; both, the time and the version
+replaced are written as tags on the promoted version, whose ``semclip.gate`` tag becomes
+``manual-promote``.
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
+import os
+import sys
 
 from semclip.cli.commands import summary
 from semclip.registry.refs import CHAMPION  # refs imports no MLflow: `semclip --help` stays fast
@@ -27,6 +35,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--version", required=True, help="registered version number to promote")
     parser.add_argument("--alias", default=CHAMPION, help=f"alias to move (default {CHAMPION})")
     parser.add_argument("--name", default=None, help="registered model name (default: setting)")
+    parser.add_argument(
+        "--reason",
+        required=True,
+        help="why the gate is overridden (recorded on the version, e.g. 'rollback: v4 misses "
+        "bridges on L12')",
+    )
+    parser.add_argument(
+        "--by",
+        default=None,
+        help="who promotes (recorded on the version; default $USER)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -34,7 +53,12 @@ def run(args: argparse.Namespace) -> int:
     from semclip.registry.client import Registry
 
     registry = Registry.from_settings(get_settings(), model_name=args.name)
-    previous, new = registry.promote(args.version, args.alias)
+    reason = args.reason.strip()
+    if not reason:
+        print("semclip promote: --reason must say why (it is recorded)", file=sys.stderr)
+        return 2
+    by = args.by or os.environ.get("USER") or getpass.getuser()
+    previous, new = registry.promote(args.version, args.alias, by=by, reason=reason)
     before = f"v{previous.version}" if previous else "none"
     print(f"{args.alias} of {registry.model_name}: {before} -> v{new.version} ({registry.where()})")
     metrics = registry.run_metrics(new)
@@ -48,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         )
     if previous and previous.version != new.version:
         print(
-            f"  roll back with: semclip promote --version {previous.version} --alias {args.alias}"
+            f"  roll back with: semclip promote --version {previous.version} --alias {args.alias} "
+            '--reason "rollback"'
         )
     return 0

@@ -12,11 +12,17 @@ strings them together:
   corrections and the fab drifts, so the latest confirmations are the most relevant shots.
 * **Same images for both.** ``decode.load_holdout`` reads the hold-out once;
   ``evaluate.evaluate`` scores any model on it, candidate and champion alike.
-* **The gate** (``gate.gate``): the candidate replaces the champion only when macro F1 rises
-  by ``min_f1_gain`` and pixel F1-max (where hold-out masks exist) drops by no more than
-  ``max_pixel_f1_drop``, or when there is no champion yet.
+* **Wafers stay whole** (``shots.wafer_group``): support shots carry their lot/wafer, parsed
+  with SEMCLIP_PATH_REGEX, so the cross-validation that picks τ and α never tests on a wafer
+  it also trained on.
+* **The gate** (``gate.gate``): with no champion yet the candidate becomes champion. Else it
+  says *insufficient* unless every class the candidate knows (good included) has
+  ``min_holdout_per_class`` hold-out images, and it promotes only when the paired-bootstrap
+  95 % lower bound of the macro-F1 gain reaches ``min_f1_gain`` and pixel F1-max (where
+  hold-out masks exist) drops by no more than ``max_pixel_f1_drop``.
 
-One module per step: ``shots`` (a confirmed shot, its content hash), ``split``, ``decode``
-(images and masks fetched and decoded once), ``evaluate`` (hold-out metrics of any model),
-``gate``. Bytes come through :func:`semclip.io.fetch.fetch_bytes`, as in the nightly flow.
+One module per step: ``shots`` (a confirmed shot, its content hash, its wafer), ``split``,
+``decode`` (images and masks fetched and decoded once), ``evaluate`` (hold-out metrics of any
+model), ``gate``, ``provenance`` (the git commit of the code). Bytes come through
+:func:`semclip.io.fetch.fetch_bytes`, as in the nightly flow.
 """

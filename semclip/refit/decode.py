@@ -14,7 +14,7 @@ from semclip.data.images import ImageReadError, read_image, read_raw_array
 from semclip.data.masks import decode_mask
 from semclip.io.fetch import fetch_bytes
 from semclip.model import SupportItem
-from semclip.refit.shots import Shot
+from semclip.refit.shots import Shot, wafer_group
 
 __all__ = ["HoldoutSet", "load_holdout", "support_items"]
 
@@ -41,17 +41,25 @@ class HoldoutSet:
 
 
 def support_items(
-    fs: AbstractFileSystem, support: Sequence[Shot]
+    fs: AbstractFileSystem, support: Sequence[Shot], path_regex: str | None = None
 ) -> tuple[list[SupportItem], list[str]]:
-    """Model support items (image bytes, decoded mask) and the shots skipped, with reasons.
+    """Model support items (image bytes, decoded mask, wafer group) and the shots skipped.
 
     A shot whose image or mask cannot be read, or whose mask has another size than its
     image, is skipped rather than failing the refit: one bad confirmation should not cost
-    the week's model, and the report lists it.
+    the week's model, and the report lists it. With ``path_regex`` (SEMCLIP_PATH_REGEX)
+    each item's group is its lot/wafer (:func:`~semclip.refit.shots.wafer_group`), so
+    calibration folds keep wafers whole; without it every image is its own unit.
     """
     held = _read_shots(fs, support)
     items = [
-        SupportItem(image=image, label=shot.label, mask=mask, uri=shot.image_uri)
+        SupportItem(
+            image=image,
+            label=shot.label,
+            mask=mask,
+            group=wafer_group(shot.image_uri, path_regex) if path_regex else None,
+            uri=shot.image_uri,
+        )
         for shot, image, mask in zip(held.shots, held.images, held.masks, strict=True)
     ]
     return items, list(held.problems)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -29,14 +30,31 @@ class HoldoutMetrics:
     n_masks: int  # defect images with a mask
     labels: tuple[str, ...] = ()
     per_class_f1: dict[str, float | None] = field(default_factory=dict)
+    per_class_recall: dict[str, float | None] = field(default_factory=dict)
+    # Per hold-out image, in hold-out order: what the paired bootstrap of the gate resamples.
+    truth: tuple[str, ...] = ()
+    predicted: tuple[str, ...] = ()  # "<failed>" where the model could not score the image
+    model_classes: tuple[str, ...] = ()  # the classes the model knows (the gate's minimum)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def loggable(self, prefix: str) -> dict[str, float | None]:
-        """Flat numeric metrics for MLflow, names prefixed (``candidate.f1``)."""
+        """Flat numeric metrics for MLflow, names prefixed (``candidate.f1``), and per class
+        (``candidate.holdout_f1_bridge``, ``candidate.holdout_recall_bridge``)."""
         keys = ("accuracy", "f1", "precision", "recall", "pixel_f1_max", "n_images", "n_masks")
-        return {f"{prefix}.{k}": _maybe_float(getattr(self, k)) for k in keys}
+        out = {f"{prefix}.{k}": _maybe_float(getattr(self, k)) for k in keys}
+        for name, values in (("f1", self.per_class_f1), ("recall", self.per_class_recall)):
+            for label, value in values.items():
+                out[f"{prefix}.holdout_{name}_{_metric_safe(label)}"] = _maybe_float(value)
+        return out
+
+    def holdout_counts(self) -> dict[str, int]:
+        """Hold-out images per true class."""
+        counts: dict[str, int] = {}
+        for label in self.truth:
+            counts[label] = counts.get(label, 0) + 1
+        return counts
 
 
 def evaluate(model: SemclipModel, holdout: HoldoutSet) -> HoldoutMetrics:
@@ -49,7 +67,9 @@ def evaluate(model: SemclipModel, holdout: HoldoutSet) -> HoldoutMetrics:
     """
     labels = holdout.labels
     if not len(holdout):
-        return HoldoutMetrics(0, 0, None, None, None, None, None, 0, labels)
+        return HoldoutMetrics(
+            0, 0, None, None, None, None, None, 0, labels, model_classes=tuple(model.classes)
+        )
     scored = model.score(list(holdout.images), uris=[s.image_uri for s in holdout.shots])
     truth, predicted, failed = [], [], 0
     pixels = PixelScoreHistogram()
@@ -77,7 +97,16 @@ def evaluate(model: SemclipModel, holdout: HoldoutSet) -> HoldoutMetrics:
         n_masks=n_masks,
         labels=labels,
         per_class_f1={k: v["f1"] for k, v in cls["per_class"].items()},
+        per_class_recall={k: v["recall"] for k, v in cls["per_class"].items()},
+        truth=tuple(truth),
+        predicted=tuple(predicted),
+        model_classes=tuple(model.classes),
     )
+
+
+def _metric_safe(label: str) -> str:
+    """A class name as MLflow accepts it in a metric key (letters, digits, _ - . / space)."""
+    return re.sub(r"[^\w\-. /]", "_", label)
 
 
 def _maybe_float(value: Any) -> float | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -11,8 +12,11 @@ import pandas as pd
 from fsspec import AbstractFileSystem
 
 from semclip.io.fetch import fetch_bytes
+from semclip.io.paths import parse_ids
 
-__all__ = ["RefitError", "Shot", "hash_shots", "shots_from_frame"]
+__all__ = ["RefitError", "Shot", "hash_shots", "shots_from_frame", "wafer_group"]
+
+_RAW_DATE = re.compile(r"^(?:.*/)?raw/\d{4}-\d{2}-\d{2}/")  # what parse_ids is relative to
 
 
 class RefitError(ValueError):
@@ -59,3 +63,20 @@ def hash_shots(fs: AbstractFileSystem, shots: Sequence[Shot]) -> tuple[list[Shot
             continue
         hashed.append(replace(shot, sha256=hashlib.sha256(value).hexdigest()))
     return hashed, problems
+
+
+def wafer_group(image_uri: str, path_regex: str | re.Pattern[str]) -> str | None:
+    """``"<lot_id>/<wafer_id>"`` of a shot's image by ``SEMCLIP_PATH_REGEX``, or ``None``.
+
+    Images of one wafer share process and imaging conditions, so calibration folds keep a
+    wafer together: splitting it across folds would let τ and α be chosen on near copies of
+    the support and come out optimistic. The regex is searched below ``raw/<date>/`` when
+    the image lies there (as nightly does); ``None`` (the image is its own fold unit) when
+    it matches neither id.
+    """
+    match = _RAW_DATE.match(image_uri)
+    ids = parse_ids(image_uri, path_regex, match.group(0) if match else "")
+    lot, wafer = ids["lot_id"], ids["wafer_id"]
+    if lot is None and wafer is None:
+        return None
+    return f"{lot or '?'}/{wafer or '?'}"

@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +26,7 @@ from mlflow.exceptions import MlflowException
 
 from semclip.registry.cache import cached_model, cached_model_dir
 from semclip.registry.code_copy import clean_code_copy, pip_requirements
-from semclip.registry.pyfunc import MODEL_ARTIFACT, SemclipPyfunc, signature
+from semclip.registry.pyfunc import MODEL_ARTIFACT, SemclipPyfunc, input_example, signature
 from semclip.registry.refs import (
     CHAMPION,
     RANDOM_BACKBONE_NOTE,
@@ -37,6 +37,7 @@ from semclip.registry.refs import (
 )
 
 if TYPE_CHECKING:
+    import pandas as pd
     import torch
 
     from semclip.model import SemclipModel
@@ -48,6 +49,9 @@ log = logging.getLogger(__name__)
 
 
 LOGGED_MODEL_NAME = "model"
+GATE_TAG = "semclip.gate"  # the refit gate's decision on a version (see semclip.refit.gate)
+MANUAL_PROMOTE = "manual-promote"  # GATE_TAG once a person promoted the version
+MANUAL_PREFIX = "semclip.promoted_"  # by, at, from, reason, alias of that promotion
 _MAX_PARAM_CHARS = 6000  # MLflow's limit on one param value
 _MLFLOW_URI_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
@@ -204,12 +208,17 @@ class Registry:
         metrics: Mapping[str, float | None] | None = None,
         tags: Mapping[str, str] | None = None,
         documents: Mapping[str, Any] | None = None,
+        datasets: Mapping[str, pd.DataFrame] | None = None,
+        description: str | None = None,
     ) -> ModelRef:
         """Log a saved model directory as a new MLflow run + logged model, and register it.
 
         ``params`` are flattened (``a.b``) and stringified; ``None`` metrics are skipped
         (MLflow has no null); ``documents`` are JSON artifacts (lineage, gate decision).
-        The version gets the run's ``tags`` too, so a registry browser shows them.
+        ``datasets`` are run inputs by context (``"training"``, ``"holdout"``: one row per
+        image, with its URI, hash and label), so the MLflow UI shows what the model saw.
+        The version gets the run's ``tags`` too, so a registry browser shows them, and
+        ``description`` (after the random-backbone note where that applies).
         """
         model_dir = Path(model_dir)
         tags = dict(tags or {})
@@ -227,16 +236,16 @@ class Registry:
                 mlflow.set_tags(tags)
                 for name, document in (documents or {}).items():
                     mlflow.log_dict(document, name)
-                with clean_code_copy() as code, warnings.catch_warnings():
-                    # An input example would make MLflow load and run the model while
-                    # logging it; the signature already says what goes in.
-                    warnings.filterwarnings("ignore", message=".*input example was not provided")
+                _log_datasets(datasets or {})
+                with clean_code_copy() as code:
+                    # MLflow runs the input example through the model while logging it.
                     info = mlflow.pyfunc.log_model(
                         name=LOGGED_MODEL_NAME,
                         python_model=SemclipPyfunc(),
                         artifacts={MODEL_ARTIFACT: str(model_dir)},
                         code_paths=[str(code)],
                         signature=signature(),
+                        input_example=input_example(model_dir),
                         pip_requirements=pip_requirements(),
                         registered_model_name=self.model_name,
                     )
@@ -246,8 +255,9 @@ class Registry:
         for key, value in tags.items():
             if not key.startswith("mlflow."):
                 client.set_model_version_tag(self.model_name, version, key, value)
-        if is_random:
-            client.update_model_version(self.model_name, version, description=RANDOM_BACKBONE_NOTE)
+        text = "\n\n".join(t for t in (RANDOM_BACKBONE_NOTE if is_random else "", description) if t)
+        if text:
+            client.update_model_version(self.model_name, version, description=text)
         log.info("registered %s version %s (run %s)", self.model_name, version, run_id)
         return _ref(client.get_model_version(self.model_name, version))
 
@@ -258,14 +268,23 @@ class Registry:
         return ref
 
     def promote(
-        self, version: str | int, alias: str = CHAMPION
+        self,
+        version: str | int,
+        alias: str = CHAMPION,
+        *,
+        by: str | None = None,
+        reason: str | None = None,
     ) -> tuple[ModelRef | None, ModelRef]:
         """Move ``alias`` (default champion) to ``version``; returns ``(previous, new)``.
 
         A rollback is promoting the previous version again. Raises
-        :class:`ModelNotFoundError` when the version does not exist.
+        :class:`ModelNotFoundError` when the version does not exist. A promotion by hand
+        (``reason`` given) is recorded on the version: who, when (UTC), from which version,
+        why, and its gate tag becomes ``manual-promote`` (the refit's word is kept beside).
         """
         previous = self.alias(alias)
+        if reason is not None:
+            self._record_manual_promotion(version, alias, previous, by, reason)
         new = self.set_alias(alias, version)
         log.info(
             "%s of %s: %s -> %s",
@@ -275,6 +294,30 @@ class Registry:
             new.version,
         )
         return previous, new
+
+    def _record_manual_promotion(
+        self,
+        version: str | int,
+        alias: str,
+        previous: ModelRef | None,
+        by: str | None,
+        reason: str,
+    ) -> None:
+        """The audit tags of a promotion by hand, written before the alias moves."""
+        ref = self.resolve(str(version))
+        tags = {
+            f"{MANUAL_PREFIX}by": by or "unknown",
+            f"{MANUAL_PREFIX}at": datetime.now(UTC).isoformat(timespec="seconds"),
+            f"{MANUAL_PREFIX}from": previous.version if previous else "none",
+            f"{MANUAL_PREFIX}reason": reason,
+            f"{MANUAL_PREFIX}alias": alias,
+            GATE_TAG: MANUAL_PROMOTE,
+        }
+        if ref.tags.get(GATE_TAG) and ref.tags[GATE_TAG] != MANUAL_PROMOTE:
+            tags[f"{GATE_TAG}_refit"] = ref.tags[GATE_TAG]
+        client = self.client()
+        for key, value in tags.items():
+            client.set_model_version_tag(self.model_name, ref.version, key, value)
 
     # ------------------------------------------------------------------ loading
     def local_dir(self, ref: ModelRef) -> Path:
@@ -313,6 +356,15 @@ class Registry:
         """:meth:`load`, kept in this process: nightly shards share one loaded model."""
         key = (self.tracking_uri, ref.name, ref.version, ref.source, str(device))
         return cached_model(key, partial(self.load, ref, device))
+
+
+def _log_datasets(datasets: Mapping[str, pd.DataFrame]) -> None:
+    """Each frame as an MLflow dataset input of the active run, its context the key."""
+    import mlflow.data
+
+    for context, frame in datasets.items():
+        dataset = mlflow.data.from_pandas(frame, name=context)
+        mlflow.log_input(dataset, context=context)
 
 
 def _ref(version: Any) -> ModelRef:
