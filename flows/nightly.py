@@ -131,6 +131,7 @@ def nightly_inference(
                             flow_run_id=run_id,
                             tiff_page=settings.tiff_page,
                             pixel_size_nm=settings.pixel_size_nm,
+                            max_image_pixels=settings.max_image_pixels,
                         )
                     )
             staged = [s.staged_uri for s in shards if s.staged_uri]

@@ -23,6 +23,7 @@ from tasks.common import GPU_LIMIT, BucketRef, current_flow_run_id, hold_slot
 from tasks.refit import (
     choose_refit_backbone,
     decide_promotion,
+    drop_conflicting_shots,
     evaluate_models,
     fit_candidate,
     hash_confirmed_shots,
@@ -65,6 +66,9 @@ class RefitReport(BaseModel):
     n_resamples: int = 0
     holdout_per_class: dict[str, int] = {}
     git_commit: str = "unknown"
+    rejected_rows: list[str] = []  # confirmed rows left out: file, row, bad path and why
+    normalised_labels: list[str] = []  # labels read under their one spelling (" X" → x)
+    label_conflicts: list[str] = []  # same bytes, different labels: every copy left out
 
     def markdown(self) -> str:
         """The run summary shown in the Prefect UI."""
@@ -109,6 +113,13 @@ class RefitReport(BaseModel):
         if self.random_backbone:
             lines[:0] = [f"> **{RANDOM_BACKBONE_BANNER}**", ""]
         lines += [f"- {p}" for p in self.problems]
+        for title, items in (
+            ("Rejected confirmed rows", self.rejected_rows),
+            ("Label conflicts (left out)", self.label_conflicts),
+            ("Normalised labels", self.normalised_labels),
+        ):
+            if items:
+                lines += ["", f"## {title} ({len(items)})", *(f"- {item}" for item in items)]
         return "\n".join(lines)
 
 
@@ -161,10 +172,16 @@ def refit(
         min_holdout_per_class=settings.gate_min_holdout_per_class,
     )
 
-    shots = load_confirmed_shots(bucket)
+    confirmed = load_confirmed_shots(bucket)
+    shots = confirmed.shots
     if not shots:
-        raise RefitError(f"no confirmed shots under {bucket.url}/confirmed/: nothing to fit on")
+        rejected = f" ({len(confirmed.rejected)} row(s) rejected)" if confirmed.rejected else ""
+        raise RefitError(
+            f"no confirmed shots under {bucket.url}/confirmed/{rejected}: nothing to fit on"
+            + "".join(f"\n  {r}" for r in confirmed.rejected[:10])
+        )
     hashed, unreadable = hash_confirmed_shots(bucket, shots)
+    hashed, conflicts = drop_conflicting_shots(hashed)
     split = split_confirmed_shots(hashed, fraction, cap)
     run_id = current_flow_run_id() or "local"
     staging = settings.home / "staging" / "refit" / run_id
@@ -177,6 +194,11 @@ def refit(
         "n_holdout": len(split.holdout),
         "flow_run_id": run_id,
         "git_commit": commit,
+    }
+    inputs = {  # in the model's lineage, not in the MLflow params (lists can be long)
+        "rejected_rows": confirmed.rejected_rows,
+        "normalised_labels": confirmed.normalised_labels,
+        "label_conflicts": [c.to_dict() for c in conflicts],
     }
     with hold_slot(
         GPU_LIMIT,
@@ -192,7 +214,7 @@ def refit(
             databar={"top": params.databar_top, "bottom": params.databar_bottom},
             model_name=registry.model_name,
             out_dir=str(staging / "model"),
-            lineage=lineage,
+            lineage={**lineage, **inputs},
             device=params.device,
             path_regex=settings.path_regex,
         )
@@ -243,7 +265,12 @@ def refit(
         n_resamples=decision.n_resamples,
         holdout_per_class=decision.holdout_per_class,
         git_commit=commit,
+        rejected_rows=confirmed.rejected,
+        normalised_labels=confirmed.normalised_labels,
+        label_conflicts=[str(c) for c in conflicts],
     )
+    for line in (*report.rejected_rows, *report.label_conflicts):
+        logger.warning("%s", line)
     logger.info("version %s: %s", report.version, report.reason)
     create_markdown_artifact(report.markdown(), key="refit-report")
     return report

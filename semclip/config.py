@@ -8,6 +8,13 @@ from typing import Any, Literal
 MembankTokens = Literal["vanilla", "vv"]  # ln_post vanilla tokens (width) or V-V tokens (embed)
 ClassAlpha = Literal["global", "prompted"]  # one α, or α_c = 0 for classes CLIP cannot know
 
+# The largest image area decoded by default: 2**28 px (about 268 Mpx, e.g. 16384 x 16384) is
+# 1 GiB of float32 output, above Pillow's own ~179 Mpx warning (full-wafer SEM mosaics are
+# that large) and below a 389 KB PNG claiming 20000 x 20000 px (400 Mpx: 1.6 GiB of float32,
+# several GiB in flight), which ended a nightly run. Not 400 Mpx: that very bomb would pass.
+# The setting ``max_image_pixels`` (SEMCLIP_MAX_IMAGE_PIXELS) defaults to it.
+DEFAULT_MAX_IMAGE_PIXELS = 2**28
+
 
 @dataclass(frozen=True)
 class FitConfig:
@@ -62,7 +69,8 @@ class PredictConfig:
     review_min_probability: float = 0.5  # needs_review when the top class probability is below
     min_region_px: int = 0  # regions smaller than this (original pixels) are dropped
     pixel_size_nm: float | None = None  # overrides the pixel size read from the file
-    tiff_page: int = 0  # page of multi-page TIFFs (detector channel) to use
+    tiff_page: int = 0  # page of multi-page TIFFs (detector channel) to use; TIFF only
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # larger images are refused, not decoded
     autocast: bool = True  # bf16/fp16 autocast on CUDA (ignored on CPU)
 
     def to_dict(self) -> dict[str, Any]:

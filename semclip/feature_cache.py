@@ -106,6 +106,13 @@ class FeatureCache:
             tmp.replace(self.folder / f"{key}.safetensors")
 
 
-def entry_key(image_sha256: str | None, augmentation: int) -> str | None:
-    """Cache key of one image under one of the 8 dihedral augmentations."""
-    return None if image_sha256 is None else f"{image_sha256}-a{augmentation}"
+def entry_key(image_sha256: str | None, augmentation: int, page: int = 0) -> str | None:
+    """Cache key of one image (one TIFF page of it) under one of the 8 dihedral augmentations.
+
+    The bytes' hash alone does not name the pixels: pages of one multi-page TIFF (detector
+    channels) share it, so the page is part of the key. Page 0 keeps the key it always had,
+    so existing cache folders stay valid.
+    """
+    if image_sha256 is None:
+        return None
+    return f"{image_sha256}-a{augmentation}" + (f"-p{page}" if page else "")

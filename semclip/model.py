@@ -312,9 +312,14 @@ class SemclipModel:
         self, source: ImageSource, uri: str, config: PredictConfig
     ) -> LoadedImage | Prediction:
         try:
-            image = read_image(source, page=config.tiff_page, name=uri)
+            image = read_image(
+                source, page=config.tiff_page, name=uri, max_pixels=config.max_image_pixels
+            )
             self.preprocess.databar.apply(image.pixels)  # fails clearly when nothing is left
             return image
+        except MemoryError:  # past the decoder (e.g. the crop): this image's reason only
+            log.warning("skipping %s: out of memory", uri)
+            return self._failed(uri, "out of memory reading the image", None)
         except (ImageReadError, ValueError) as exc:
             log.warning("skipping %s: %s", uri, exc)
             return self._failed(uri, str(exc), None)
@@ -326,7 +331,7 @@ class SemclipModel:
         self, images: list[LoadedImage], config: PredictConfig, cache: FeatureCache | None = None
     ) -> HeadOutputs:
         x = torch.stack([self.preprocess.image_tensor(im.pixels) for im in images])
-        keys = [entry_key(im.sha256, 0) for im in images]
+        keys = [entry_key(im.sha256, 0, im.page) for im in images]
         with torch.inference_mode():
             feats = self._features(x, keys, cache, config.autocast)
             return run_heads(

@@ -34,6 +34,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from semclip.config import DEFAULT_MAX_IMAGE_PIXELS
+
 __all__ = ["CONFIG_ENV_VAR", "SemclipSettings", "get_settings", "settings_table"]
 
 ENV_PREFIX = "SEMCLIP_"
@@ -87,7 +89,15 @@ class SemclipSettings(BaseSettings):
         description="Regex searched in an image path relative to raw/<date>/; named groups "
         "lot_id, wafer_id, defect_id (any missing group gives null).",
     )
-    tiff_page: int = Field(0, ge=0, description="Page of a multi-page TIFF (detector) to read.")
+    tiff_page: int = Field(
+        0, ge=0, description="Page of a multi-page TIFF (detector) to read; PNG/JPEG: ignored."
+    )
+    max_image_pixels: int = Field(
+        DEFAULT_MAX_IMAGE_PIXELS,
+        ge=1,
+        description="Largest image area (px) decoded; a larger one (a decompression bomb) is "
+        "quarantined with the reason, and the run goes on.",
+    )
     batch_size: int = Field(32, ge=1, description="Images per inference batch.")
     slot_lease_s: int = Field(
         60,

@@ -26,10 +26,11 @@ import pyarrow.parquet as pq
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from semclip.config import DEFAULT_MAX_IMAGE_PIXELS
 from semclip.io import klarf_join
 from semclip.io.fetch import fetch_bytes
 from semclip.io.partitions import PartitionWrite, existing_keys, read_partition, write_partition
-from semclip.io.paths import list_raw_images
+from semclip.io.paths import links_outside_bucket, list_raw_images
 from semclip.io.pipeline_schema import PIPELINE_PREDICTION_SCHEMA, pipeline_records_to_table
 from semclip.io.quarantine import write_quarantine
 from semclip.io.staging import is_local, staging_path
@@ -120,18 +121,24 @@ def predict_shard(
     flow_run_id: str | None,
     tiff_page: int = 0,
     pixel_size_nm: float | None = None,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> ShardResult:
     """Predict the images of one shard that the partition lacks; quarantine unreadable ones.
 
+    Unreadable means: a link out of a local bucket (not followed), bytes that cannot be
+    fetched, or an image the model cannot decode (corrupt, above ``max_image_pixels``, out
+    of memory). Each gets its reason in quarantine; the other images of the shard go on.
     No retries: this is compute, and the I/O inside (fetching bytes, staging rows) goes
     through fsspec, whose S3 client already retries transient errors.
     """
     fs, root = bucket.open()
     done = set(done_hashes)
-    data = fetch_bytes(fs, uris)
-    quarantine: list[dict[str, Any]] = []
+    escaped = links_outside_bucket(fs, root, uris)
+    quarantine = [_quarantine_row(u, reason, flow_run_id) for u, reason in escaped.items()]
+    inside = [u for u in uris if u not in escaped]
+    data = fetch_bytes(fs, inside)
     todo: list[tuple[str, bytes]] = []
-    for uri in uris:
+    for uri in inside:
         value = data[uri]
         if isinstance(value, Exception):
             quarantine.append(_quarantine_row(uri, f"cannot fetch: {value}", flow_run_id))
@@ -141,7 +148,9 @@ def predict_shard(
     predictions: list[Prediction] = []
     if todo:
         loaded = registry.load_cached(model)
-        config = dataclasses.replace(loaded.predict_config, tiff_page=tiff_page)
+        config = dataclasses.replace(
+            loaded.predict_config, tiff_page=tiff_page, max_image_pixels=max_image_pixels
+        )
         predictions = loaded.predict([b for _, b in todo], uris=[u for u, _ in todo], config=config)
     # the file's own pixel size wins; SEMCLIP_PIXEL_SIZE_NM fills in where it has none
     good = [fill_pixel_size(p, pixel_size_nm, "setting") for p in predictions if p.ok]

@@ -15,13 +15,20 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from semclip.io.confirmed import read_confirmed
+from semclip.io.confirmed import load_confirmed
 from semclip.refit.backbone import BackboneChoice, choose_backbone
 from semclip.refit.decode import load_holdout, support_items
 from semclip.refit.evaluate import HoldoutMetrics, evaluate
 from semclip.refit.gate import GateConfig, GateDecision, gate
 from semclip.refit.provenance import UNKNOWN_COMMIT, git_commit
-from semclip.refit.shots import RefitError, Shot, hash_shots, shots_from_frame
+from semclip.refit.shots import (
+    LabelConflict,
+    RefitError,
+    Shot,
+    drop_label_conflicts,
+    hash_shots,
+    shots_from_frame,
+)
 from semclip.refit.split import exclude_trained, select_support, split_shots
 from semclip.registry.client import Registry
 from semclip.registry.refs import CHALLENGER, CHAMPION, ModelRef
@@ -29,10 +36,12 @@ from tasks.common import IO_RETRIES, BucketRef
 
 __all__ = [
     "Candidate",
+    "ConfirmedInput",
     "Evaluation",
     "SplitResult",
     "choose_refit_backbone",
     "decide_promotion",
+    "drop_conflicting_shots",
     "evaluate_models",
     "fit_candidate",
     "hash_confirmed_shots",
@@ -44,6 +53,16 @@ __all__ = [
     "split_confirmed_shots",
     "update_aliases",
 ]
+
+
+@dataclass(frozen=True)
+class ConfirmedInput:
+    """The confirmed shots a refit may use, and the rows and labels it must report."""
+
+    shots: list[Shot]  # latest review per image, newest first
+    rejected_rows: list[dict[str, Any]]  # RejectedRow.to_dict(): file, row, column, value, why
+    rejected: list[str] = field(default_factory=list)  # the same, one readable line each
+    normalised_labels: list[str] = field(default_factory=list)  # "file row n: ' X' read as 'x'"
 
 
 @dataclass(frozen=True)
@@ -81,10 +100,17 @@ class Evaluation:
 
 
 @task(name="load_confirmed_shots", **IO_RETRIES)
-def load_confirmed_shots(bucket: BucketRef) -> list[Shot]:
-    """Every confirmed shot under confirmed/ (latest review per image), newest first."""
+def load_confirmed_shots(bucket: BucketRef) -> ConfirmedInput:
+    """Confirmed shots (latest review per image, newest first), minus rows that leave the
+    bucket, which are listed with file, row and reason; respelt labels are listed too."""
     fs, root = bucket.open()
-    return shots_from_frame(read_confirmed(fs, root))
+    found = load_confirmed(fs, root)
+    return ConfirmedInput(
+        shots=shots_from_frame(found.frame),
+        rejected_rows=[r.to_dict() for r in found.rejected],
+        rejected=[str(r) for r in found.rejected],
+        normalised_labels=[str(c) for c in found.relabelled],
+    )
 
 
 @task(name="hash_confirmed_shots", **IO_RETRIES)
@@ -92,6 +118,12 @@ def hash_confirmed_shots(bucket: BucketRef, shots: list[Shot]) -> tuple[list[Sho
     """Content hash of each shot's image (what the split uses); unreadable ones listed."""
     fs, _ = bucket.open()
     return hash_shots(fs, shots)
+
+
+@task(name="drop_conflicting_shots", cache_policy=NO_CACHE)
+def drop_conflicting_shots(shots: list[Shot]) -> tuple[list[Shot], list[LabelConflict]]:
+    """Leave out every copy of image bytes confirmed with two labels; list the conflicts."""
+    return drop_label_conflicts(shots)
 
 
 @task(name="split_confirmed_shots", cache_policy=NO_CACHE)

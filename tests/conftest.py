@@ -9,7 +9,9 @@ structure, invariants and exact equalities, never quality.
 from __future__ import annotations
 
 import os
+import struct
 import tempfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +27,9 @@ SYNTH_COUNTS = {"good": 6, "bridge": 4, "particle": 4, "scratch": 4}
 SYNTH_SEED = 1
 SYNTH_SIZE = 128
 SHOTS = 2
+
+
+BOMB_SIDE = 20_000  # px: the 389 KB PNG of the incident decodes to 20000 x 20000 (400 Mpx)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -129,3 +134,35 @@ def unreachable_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     return endpoint
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+
+@pytest.fixture(scope="session")
+def bomb_png() -> bytes:
+    """A real decompression bomb: a valid ~390 KB 8-bit PNG of BOMB_SIDE² zero pixels.
+
+    Built in about a second: 500 zero rows are deflated once, each piece ended by a full
+    flush (which resets the compressor, so the same input gives the same bytes) and repeated;
+    the zlib trailer carries the Adler-32 of all 400 MB, so a decoder accepts the stream.
+    """
+    rows = 500
+    block = b"\x00" * ((BOMB_SIDE + 1) * rows)  # each row: filter byte 0, then the samples
+    deflate = zlib.compressobj(9)
+    first = deflate.compress(block) + deflate.flush(zlib.Z_FULL_FLUSH)
+    piece = deflate.compress(block) + deflate.flush(zlib.Z_FULL_FLUSH)
+    tail = deflate.flush()[:-4]  # the final empty block, without the 2-piece checksum
+    adler = 1
+    for _ in range(BOMB_SIDE // rows):
+        adler = zlib.adler32(block, adler)
+    stream = first + piece * (BOMB_SIDE // rows - 1) + tail + struct.pack(">I", adler)
+    header = struct.pack(">IIBBBBB", BOMB_SIDE, BOMB_SIDE, 8, 0, 0, 0, 0)  # 8-bit gray
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", stream)
+        + _png_chunk(b"IEND", b"")
+    )

@@ -20,6 +20,7 @@ from semclip.data import (
     read_mvtec,
     validate_masks,
 )
+from semclip.labels import normalise_label
 
 
 def _png(path: Path, shape: tuple[int, int] = (8, 10), value: int = 0) -> Path:
@@ -212,3 +213,42 @@ def test_draw_support_by_group_never_leaks() -> None:
         assert draw_support(dataset, 2, seed) == (support, rest)
         shuffled = Dataset(Path("/d"), tuple(reversed(dataset.samples)))
         assert set(draw_support(shuffled, 2, seed)[0].samples) == set(support.samples)
+
+
+@pytest.mark.parametrize(
+    ("written", "label"),
+    [
+        (" Particle", "particle"),
+        ("PARTICLE\t", "particle"),
+        ("Good", "good"),
+        ("Copper Residue", "copper_residue"),
+        ("copper-residue", "copper_residue"),
+        ("copper _-residue", "copper_residue"),
+        ("_scratch_", "scratch"),
+        ("type2.b", "type2.b"),
+        ("Straße", "strasse"),  # casefold, not lower
+    ],
+)
+def test_normalise_label(written: str, label: str) -> None:
+    assert normalise_label(written) == label
+    assert normalise_label(label) == label  # idempotent
+
+
+def test_manifest_labels_are_normalised_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "set"
+    for name in ("a", "b", "c", "d"):
+        _png(root / f"{name}.png")
+    _manifest(
+        root,
+        "image,label,mask\na.png,particle,\nb.png, Particle,\nc.png,GOOD,\nd.png,Copper Residue,\n",
+    )
+    with caplog.at_level("WARNING", logger="semclip.data.dataset"):
+        dataset = read_manifest(root)
+    assert [s.label for s in dataset.samples] == ["particle", "particle", "good", "copper_residue"]
+    assert dataset.classes == ("good", "copper_residue", "particle")  # not a 4th class
+    warned = [r.getMessage() for r in caplog.records]
+    assert any("row 2" in m and "' Particle'" in m and "'particle'" in m for m in warned)
+    assert any("row 4" in m and "'copper_residue'" in m for m in warned)
+    assert not any("row 1" in m for m in warned)

@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from PIL import Image
+from PIL import Image, ImageFile
 
 from semclip.data import (
+    DEFAULT_MAX_PIXELS,
     DatabarCrop,
     ImageReadError,
     MaskError,
@@ -18,6 +19,7 @@ from semclip.data import (
     read_image,
     read_image_shape,
     read_mask,
+    read_raw_array,
 )
 
 
@@ -185,8 +187,53 @@ def test_pillow_bomb_limit_is_lifted_and_configurable(
     path = _save_png(tmp_path / "big.png", np.zeros((64, 64), np.uint8))
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # would reject 4096 px as a bomb
     assert read_image(path).pixels.shape == (64, 64)
-    with pytest.raises(ImageReadError, match="max_pixels"):
+    with pytest.raises(ImageReadError, match=r"4,096 px exceeds .*1,000 px.*max_image_pixels"):
         read_image(path, max_pixels=1000)
+
+
+def test_decompression_bomb_is_refused_from_its_header(bomb_png: bytes) -> None:
+    # The incident's file: ~389 KB on disk, 20000 x 20000 px once decoded (400 Mpx, 1.6 GB
+    # as float32). The default limit refuses it before a single pixel is inflated.
+    assert len(bomb_png) < 400_000 and DEFAULT_MAX_PIXELS == 2**28
+    with pytest.raises(ImageReadError) as info:
+        read_image(bomb_png, name="raw/2026-11-01/bomb.png")
+    reason = info.value.reason
+    assert "20000x20000 px = 400,000,000 px" in reason
+    assert "268,435,456 px" in reason and "SEMCLIP_MAX_IMAGE_PIXELS" in reason
+    assert "raw/2026-11-01/bomb.png" in str(info.value)
+    with pytest.raises(ImageReadError, match=r"400,000,000 px exceeds the limit of 1,000,000"):
+        read_raw_array(bomb_png, max_pixels=1_000_000)
+
+
+def test_out_of_memory_while_decoding_is_a_read_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _save_png(tmp_path / "a.png", _ramp8())
+    good = read_image(path)
+
+    def no_memory(self: object) -> None:
+        raise MemoryError
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_memory)  # the worker runs out mid-decode
+    with pytest.raises(ImageReadError, match=r"a\.png.*out of memory.*max_image_pixels"):
+        read_image(path)
+    monkeypatch.undo()
+    assert np.array_equal(read_image(path).pixels, good.pixels)
+
+
+def test_tiff_page_applies_to_tiff_only(tmp_path: Path) -> None:
+    png = _save_png(tmp_path / "a.png", _ramp8())
+    jpeg = _save_png(tmp_path / "a.jpg", _ramp8(), quality=95)
+    tif = tmp_path / "two.tif"
+    with tifffile.TiffWriter(tif) as writer:
+        writer.write(_ramp16())
+        writer.write(_ramp16()[::-1].copy())
+    for path in (png, jpeg):  # SEMCLIP_TIFF_PAGE=1 must not cost the night its PNGs and JPEGs
+        assert read_image(path, page=1).page == 0
+        assert np.array_equal(read_image(path, page=1).pixels, read_image(path).pixels)
+        assert read_image_shape(path, page=1) == (12, 20)
+    assert read_image(tif, page=1).page == 1 and read_image(tif).page == 0
+    assert read_image(tif, page=1).pixels[0, 0] == pytest.approx(_ramp16()[-1, 0] / 65535)
 
 
 def test_read_image_shape_from_header(tmp_path: Path) -> None:

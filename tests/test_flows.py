@@ -8,6 +8,7 @@ and failure behaviour, never prediction quality.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import time
 import uuid
 from pathlib import Path
@@ -124,6 +125,39 @@ def test_nightly_quarantines_corrupt_inputs_and_reruns_idempotently(
     keys = list(zip(hashes, versions, strict=True))
     assert len(keys) == len(set(keys))  # never a duplicate
     assert len(parquet_files(fs, f"{root}/predictions/date={kit.RUN_DATE}")) == 1
+
+
+def test_nightly_quarantines_a_bomb_and_links_out_and_keeps_pngs_under_a_tiff_page(
+    kit: Kit,
+    pipeline_env: PipelineEnv,
+    bomb_png: bytes,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fs, root = pipeline_env.fs, pipeline_env.root
+    monkeypatch.setenv("SEMCLIP_TIFF_PAGE", "1")  # the detector page of this fab's TIFFs
+    good = kit.write_raw_dump(fs, root, kit.RUN_DATE, 3, corrupt=False)  # PNGs
+    folder = f"{root}/raw/{kit.RUN_DATE}/LOT7/W03"
+    fs.pipe_file(f"{folder}/D0004.png", bomb_png)  # 389 KB, 20000 x 20000 px
+    outside = tmp_path / "not-the-bucket" / "D0005.png"
+    outside.parent.mkdir()
+    outside.write_bytes(kit.synth_png("good", 7))
+    Path(f"{folder}/D0005.png").symlink_to(outside)  # a link out of the local bucket
+    fs.invalidate_cache()
+
+    report = nightly_inference(run_date=kit.RUN_DATE.isoformat())
+
+    assert (report.images, report.predicted, report.quarantined) == (5, 3, 2)
+    rows = read_partition(fs, root, kit.RUN_DATE).to_pylist()
+    assert sorted(r["image_uri"] for r in rows) == sorted(fs.unstrip_protocol(p) for p in good)
+    reasons = {
+        Path(q["image_uri"]).name: q["reason"]
+        for q in read_quarantine(fs, root, kit.RUN_DATE).to_pylist()
+    }
+    assert set(reasons) == {"D0004.png", "D0005.png"}
+    assert "400,000,000 px" in reasons["D0004.png"]
+    assert "SEMCLIP_MAX_IMAGE_PIXELS" in reasons["D0004.png"]
+    assert "outside the bucket" in reasons["D0005.png"] and str(outside) in reasons["D0005.png"]
 
 
 def test_nightly_on_s3(
@@ -361,14 +395,51 @@ def test_refit_registers_champion_then_gates_an_equal_candidate(
     header = "image_uri,label,mask_uri,confirmed_at,reviewer\n"
     late = header + "confirmed/img/missing.png,good,,2026-10-09,t\n"
     fs.pipe_file(f"{root}/confirmed/late.csv", late.encode())  # points at a missing image
+    secret = tmp_path / "secret.png"  # an image outside the bucket: must not be trained on
+    secret.write_bytes(kit.synth_png("bridge", 9))
+    good_0 = fs.cat_file(f"{root}/confirmed/img/good_0.png")
+    fs.pipe_file(f"{root}/confirmed/img/copy.png", good_0)  # good_0's bytes, another path
+    fs.pipe_file(
+        f"{root}/confirmed/img/copy2.png", fs.cat_file(f"{root}/confirmed/img/scratch_1.png")
+    )
+    odd = header + "".join(
+        f"{row},2026-10-09,t\n"
+        for row in (
+            f"{secret},bridge,",  # row 1: absolute path
+            f"file://{secret},bridge,",  # row 2: a file:// URI outside the bucket
+            "confirmed/../../secret.png,bridge,",  # row 3: climbs out
+            "s3://other-bucket/x.png,bridge,",  # row 4: another bucket
+            "confirmed/img/copy.png, Bridge ,",  # row 5: good_0's bytes labelled bridge
+            "confirmed/img/copy2.png,SCRATCH,",  # row 6: scratch_1's bytes, same label
+        )
+    )
+    fs.pipe_file(f"{root}/confirmed/odd.csv", odd.encode())
     options = {"backbone": "semclip-tiny", "fit": kit.FAST_FIT, "databar_bottom": 5}
 
     first = refit(**options)
 
     assert first.version == "1" and first.promoted and first.champion_version == "1"
     assert "no champion yet" in first.reason and first.random_backbone
-    assert first.n_confirmed == 13 and first.n_support == 3 and first.n_holdout >= 1
+    assert first.n_confirmed == 15 and first.n_support == 3 and first.n_holdout >= 1
     assert any("missing.png" in p for p in first.problems)
+    odd_uri = fs.unstrip_protocol(f"{root}/confirmed/odd.csv")
+    assert [r.split(",")[0] for r in first.rejected_rows] == [
+        f"{odd_uri} row {n}" for n in (1, 2, 3, 4)
+    ]
+    assert all("outside" in r or "absolute path" in r for r in first.rejected_rows)
+    (conflict,) = first.label_conflicts
+    assert "good_0.png as 'good'" in conflict and "copy.png as 'bridge'" in conflict
+    assert [n.split(": ", 1)[1] for n in first.normalised_labels] == [
+        "label ' Bridge ' read as 'bridge'",
+        "label 'SCRATCH' read as 'scratch'",
+    ]
+    assert "Rejected confirmed rows (4)" in first.markdown()
+    refit_lineage = registry.load(CHAMPION).lineage["refit"]
+    assert [r["row"] for r in refit_lineage["rejected_rows"]] == [1, 2, 3, 4]
+    assert refit_lineage["label_conflicts"][0]["sha256"] == hashlib.sha256(good_0).hexdigest()
+    trained = {s["sha256"] for s in registry.load(CHAMPION).lineage["support"]}
+    assert hashlib.sha256(good_0).hexdigest() not in trained
+    assert hashlib.sha256(secret.read_bytes()).hexdigest() not in trained
     assert registry.resolve(CHALLENGER).version == "1"
     lineage = registry.load(CHAMPION).lineage
     assert lineage["refit"]["n_holdout"] == first.n_holdout

@@ -13,6 +13,7 @@ import tifffile
 from PIL import Image
 
 from semclip import PredictConfig, Prediction, SemclipModel
+from semclip.feature_cache import FeatureCache, entry_key
 
 
 def _probs(pred: Prediction) -> np.ndarray:
@@ -107,6 +108,33 @@ def test_multipage_tiff_page_selection(
     _assert_same(page1, reference)
     _assert_same(page0, fitted_model.predict([other])[0])
     assert page2.error and "page 2" in page2.error and str(path) in page2.error
+
+
+def test_feature_cache_keys_the_tiff_page(
+    fitted_model: SemclipModel,
+    gray8: np.ndarray,
+    reference: Prediction,
+    query_paths: list[Path],
+    tmp_path: Path,
+) -> None:
+    # Two pages of one TIFF share the file's hash: the cache must not hand page 0's features
+    # to a page-1 prediction (nor a PNG's features to another page setting).
+    path = tmp_path / "two_detectors.tif"
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(np.asarray(Image.open(query_paths[1]).convert("L")))  # another image
+        tif.write(gray8)
+    n_stages = fitted_model.fit_config.n_stages
+    cache = FeatureCache(fitted_model.backbone, fitted_model.preprocess, n_stages)
+    page0 = fitted_model.predict([path], cache=cache)[0]
+    page1 = fitted_model.predict([path], config=PredictConfig(tiff_page=1), cache=cache)[0]
+    _assert_same(page1, reference)
+    assert not np.allclose(_probs(page0), _probs(page1))
+    png = tmp_path / "a.png"
+    Image.fromarray(gray8).save(png)
+    as_page1 = fitted_model.predict([png], config=PredictConfig(tiff_page=1), cache=cache)[0]
+    assert as_page1.ok  # the page applies to TIFF only
+    _assert_same(as_page1, reference)
+    assert entry_key("ab", 0) == "ab-a0" and entry_key("ab", 3, page=2) == "ab-a3-p2"
 
 
 @pytest.fixture()

@@ -22,7 +22,14 @@ from semclip.refit.decode import load_holdout, support_items
 from semclip.refit.evaluate import HoldoutMetrics, evaluate
 from semclip.refit.gate import GateConfig, _macro_f1, bootstrap_f1_gain, gate
 from semclip.refit.provenance import git_commit
-from semclip.refit.shots import RefitError, Shot, hash_shots, shots_from_frame, wafer_group
+from semclip.refit.shots import (
+    RefitError,
+    Shot,
+    drop_label_conflicts,
+    hash_shots,
+    shots_from_frame,
+    wafer_group,
+)
 from semclip.refit.split import (
     exclude_trained,
     holdout_position,
@@ -90,6 +97,21 @@ def test_exclude_trained_drops_images_a_model_was_fitted_on() -> None:
     kept, dropped = exclude_trained(holdout, lineage)
     assert dropped == [holdout[1]] and kept == [holdout[0], holdout[2]]
     assert exclude_trained(holdout, None) == (holdout, [])
+
+
+def test_same_bytes_with_two_labels_leave_the_support_together() -> None:
+    a, b, c = _shot("particle", 0), _shot("good", 1), _shot("bridge", 2)
+    copy = Shot("mem://elsewhere/copy.png", "scratch", T0, sha256=a.sha256)  # a's bytes
+    agree = Shot("mem://elsewhere/same.png", "good", T0, sha256=b.sha256)  # b's, same label
+    kept, conflicts = drop_label_conflicts([a, b, copy, c, agree])
+    assert kept == [b, c, agree]
+    (conflict,) = conflicts
+    assert conflict.shots == (("mem://elsewhere/copy.png", "scratch"), (a.image_uri, "particle"))
+    text = str(conflict)
+    assert "mem://elsewhere/copy.png as 'scratch'" in text and "'particle'" in text
+    assert conflict.to_dict()["sha256"] == a.sha256
+    with pytest.raises(ValueError, match="no content hash"):
+        drop_label_conflicts([Shot("x", "good", T0)])
 
 
 # --------------------------------------------------------------------------- gate

@@ -171,3 +171,14 @@ def test_readme_lists_every_setting_with_its_variable_and_default() -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     for name, env, default, _ in settings_table():
         assert f"| `{name}` | `{env}` | `{default}` |" in readme, name
+
+
+def test_max_image_pixels_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from semclip.data.images import DEFAULT_MAX_PIXELS
+
+    assert get_settings().max_image_pixels == DEFAULT_MAX_PIXELS == 2**28
+    monkeypatch.setenv("SEMCLIP_MAX_IMAGE_PIXELS", "1000000")
+    assert get_settings().max_image_pixels == 1_000_000
+    monkeypatch.setenv("SEMCLIP_MAX_IMAGE_PIXELS", "0")
+    with pytest.raises(ValidationError, match="max_image_pixels"):
+        get_settings()

@@ -4,6 +4,8 @@ shots, quarantine and the idempotent prediction partition."""
 from __future__ import annotations
 
 import datetime as dt
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -13,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from semclip.io.bucket import BucketNotFoundError, open_bucket
-from semclip.io.confirmed import ConfirmedShotsError, read_confirmed
+from semclip.io.confirmed import ConfirmedShotsError, load_confirmed, read_confirmed
 from semclip.io.klarf_join import describe_images, find_klarf
 from semclip.io.partitions import (
     existing_keys,
@@ -21,7 +23,7 @@ from semclip.io.partitions import (
     read_partition,
     write_partition,
 )
-from semclip.io.paths import date_prefix, list_raw_images, parse_ids
+from semclip.io.paths import date_prefix, links_outside_bucket, list_raw_images, parse_ids
 from semclip.io.pipeline_schema import (
     PIPELINE_FIELDS,
     PIPELINE_PREDICTION_SCHEMA,
@@ -190,10 +192,11 @@ def test_klarf_fills_positions_by_defect_id_and_file_name(bucket: BucketCase) ->
 
 
 def test_read_confirmed_csv_and_parquet(bucket: BucketCase) -> None:
+    base = bucket.fs.unstrip_protocol(bucket.root)
     csv = (
         "image_uri,label,confirmed_at,reviewer,comment\n"
         "raw/2026-11-01/L1/W1/D1.png,particle,2026-11-01T08:00:00Z,ana,ok\n"
-        "s3://elsewhere/D2.png,scratch,2026-11-01 09:00:00,ben,\n"
+        f"{base}/raw/2026-11-01/L1/W1/D2.png,scratch,2026-11-01 09:00:00,ben,\n"  # a full URI
     )
     _put(bucket, "confirmed/2026/11/week44.csv", csv.encode())
     relabel = pa.table(
@@ -210,7 +213,6 @@ def test_read_confirmed_csv_and_parquet(bucket: BucketCase) -> None:
     )
     bucket.fs.pipe_file(f"{bucket.root}/confirmed/relabel.parquet", _parquet_bytes(relabel))
     shots = read_confirmed(bucket.fs, bucket.root)
-    base = bucket.fs.unstrip_protocol(bucket.root)
     assert list(shots.columns) == [
         "image_uri",
         "label",
@@ -221,7 +223,7 @@ def test_read_confirmed_csv_and_parquet(bucket: BucketCase) -> None:
     ]
     assert shots["image_uri"].tolist() == [  # newest first, one row per image
         f"{base}/raw/2026-11-01/L1/W1/D1.png",
-        "s3://elsewhere/D2.png",
+        f"{base}/raw/2026-11-01/L1/W1/D2.png",
         f"{base}/raw/2026-11-01/L1/W1/D3.png",
     ]
     assert shots["label"].tolist() == ["residue", "scratch", "particle"]  # the re-review wins
@@ -229,6 +231,72 @@ def test_read_confirmed_csv_and_parquet(bucket: BucketCase) -> None:
     assert str(shots["confirmed_at"].dtype) == "datetime64[ns, UTC]"
     assert shots["confirmed_at"].iloc[1] == pd.Timestamp("2026-11-01T09:00:00Z")
     assert shots["source_uri"].iloc[1].endswith("confirmed/2026/11/week44.csv")
+
+
+def test_confirmed_rows_outside_the_bucket_are_left_out_and_named(
+    bucket: BucketCase, tmp_path: Path
+) -> None:
+    base = bucket.fs.unstrip_protocol(bucket.root)
+    (tmp_path / "secret.png").write_bytes(b"not the fab's")
+    rows = [
+        "raw/d/ok.png,particle,,2026-11-01,ana",  # row 1: fine
+        "/etc/passwd,good,,2026-11-01,ana",  # row 2: absolute path
+        "file:///etc/passwd,good,,2026-11-01,ana",  # row 3: a local file
+        "confirmed/../../etc/passwd,good,,2026-11-01,ana",  # row 4: climbs out
+        "s3://other-bucket/x.png,good,,2026-11-01,ana",  # row 5: another bucket
+        "raw/d/ok2.png,scratch,../../masks/m.png,2026-11-01,ana",  # row 6: its mask climbs out
+        "raw/d/ok3.png, Particle ,,2026-11-01,ana",  # row 7: fine, label respelt
+    ]
+    if bucket.kind == "file":  # row 8: a link inside a local bucket pointing out of it
+        bucket.fs.makedirs(f"{bucket.root}/raw/d", exist_ok=True)
+        os.symlink(tmp_path / "secret.png", f"{bucket.root}/raw/d/link.png")
+        rows.append("raw/d/link.png,good,,2026-11-01,ana")
+    header = "image_uri,label,mask_uri,confirmed_at,reviewer\n"
+    source = _put(bucket, "confirmed/week44.csv", (header + "\n".join(rows) + "\n").encode())
+
+    found = load_confirmed(bucket.fs, bucket.root)
+
+    assert sorted(found.frame["image_uri"]) == [f"{base}/raw/d/ok.png", f"{base}/raw/d/ok3.png"]
+    assert found.frame["label"].tolist() == ["particle", "particle"]
+    where = [(r.row, r.column) for r in found.rejected]
+    expected = [(2, "image_uri"), (3, "image_uri"), (4, "image_uri"), (5, "image_uri")]
+    expected += [(6, "mask_uri")] + ([(8, "image_uri")] if bucket.kind == "file" else [])
+    assert where == expected
+    assert all(r.source_uri == source for r in found.rejected)
+    assert f"{source} row 2, column image_uri '/etc/passwd': absolute path" in str(
+        found.rejected[0]
+    )
+    assert "outside the root" in found.rejected[3].reason  # s3://other-bucket/x.png
+    if bucket.kind == "file":
+        assert "secret.png" in found.rejected[-1].reason
+        assert "not followed" in found.rejected[-1].reason
+    assert found.rejected[0].to_dict()["row"] == 2
+    assert [(c.written, c.label, c.where) for c in found.relabelled] == [
+        (" Particle ", "particle", f"{source} row 7")
+    ]
+    assert read_confirmed(bucket.fs, bucket.root).equals(found.frame)
+
+
+def test_raw_links_out_of_a_local_bucket_are_found(bucket: BucketCase, tmp_path: Path) -> None:
+    inside = _put(bucket, "raw/2026-11-01/L1/W1/D001.png")
+    if bucket.kind == "file":
+        (tmp_path / "elsewhere").mkdir()
+        (tmp_path / "elsewhere" / "D002.png").write_bytes(b"img")
+        os.symlink(tmp_path / "elsewhere" / "D002.png", f"{bucket.root}/raw/2026-11-01/D002.png")
+        os.symlink(tmp_path / "elsewhere", f"{bucket.root}/raw/2026-11-01/linked")
+        os.symlink(
+            bucket.fs._strip_protocol(inside), f"{bucket.root}/raw/2026-11-01/D003.png"
+        )  # a link that stays inside is fine
+    uris = list_raw_images(bucket.fs, bucket.root, DAY)
+    reasons = links_outside_bucket(bucket.fs, bucket.root, uris)
+    if bucket.kind == "s3":  # object stores have no links
+        assert reasons == {} and uris == [inside]
+        return
+    base = bucket.fs.unstrip_protocol(f"{bucket.root}/raw/2026-11-01")
+    assert sorted(reasons) == [f"{base}/D002.png"]
+    assert all("outside the bucket" in r and "not followed" in r for r in reasons.values())
+    assert not any("/linked/" in u for u in uris)  # a linked folder is not even listed
+    assert inside in uris and f"{base}/D003.png" in uris and inside not in reasons
 
 
 def test_read_confirmed_names_the_bad_file(bucket: BucketCase) -> None:

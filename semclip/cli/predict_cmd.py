@@ -48,6 +48,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--tiff-page", type=int, default=None, help="page of multi-page TIFFs (default 0)"
     )
+    parser.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=None,
+        help="largest image area decoded; larger images get an error row "
+        "(default: the setting max_image_pixels, SEMCLIP_MAX_IMAGE_PIXELS)",
+    )
     parser.add_argument("--device", default=None, help="cpu, cuda (default: CUDA if present)")
     parser.add_argument("images", nargs="+", help="image files and/or folders")
     parser.set_defaults(func=run)
@@ -96,7 +103,9 @@ def run(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
         "pixel_size_nm": args.pixel_size_nm,
         "tiff_page": args.tiff_page,
-    }  # options left out keep the model's stored predict_config
+        "max_image_pixels": args.max_image_pixels or _setting_max_image_pixels(),
+    }  # options left out keep the model's stored predict_config; the pixel limit is the
+    # worker's to set (memory), not the model's, so it always comes from here
     config = PredictConfig(
         **{
             **model.predict_config.to_dict(),
@@ -113,3 +122,10 @@ def run(args: argparse.Namespace) -> int:
     for p in failed[:20]:
         print(f"  failed: {p.image_uri}: {p.error}")
     return 0 if len(failed) < len(predictions) else 1
+
+
+def _setting_max_image_pixels() -> int:
+    """The ``max_image_pixels`` setting (SEMCLIP_MAX_IMAGE_PIXELS or the config file)."""
+    from semclip.settings import get_settings
+
+    return get_settings().max_image_pixels

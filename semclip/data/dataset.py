@@ -12,11 +12,13 @@ import os
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PureWindowsPath
+from pathlib import Path
 
 import numpy as np
 
 from semclip.data.images import ImageReadError, read_image_shape
+from semclip.labels import normalise_label
+from semclip.safe_paths import OutsideRootError, resolve_inside
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +33,7 @@ class Sample:
     """One labelled image."""
 
     image: Path  # absolute, symlinks resolved, inside the data set folder
-    label: str  # "good" or a defect class, stripped of surrounding spaces
+    label: str  # "good" or a defect class, normalised (semclip.labels: " Particle" → particle)
     mask: Path | None  # absolute path of the defect mask; None = no mask (classification only)
     group: str | None  # images sharing a group (wafer, site) never straddle support and test
     row: int  # 1-based data row of manifest.csv, or 1-based position in an MVTec listing
@@ -281,15 +283,19 @@ def _parse_row(
     """One manifest row → Sample, or None after appending its problems."""
     before = len(problems)
     image_value = _cell(row, "image")
-    label = _cell(row, "label")
+    written = row.get("label") if isinstance(row.get("label"), str) else ""
+    label = normalise_label(written or "")
     mask_value = _cell(row, "mask")
     if not image_value:
         problems.append(DatasetProblem(number, "image", None, "empty image path"))
     if not label:
         problems.append(DatasetProblem(number, "label", None, "empty label"))
-    elif label != GOOD and label.lower() == GOOD:
+    elif label != (written or "").strip():
         logger.warning(
-            "manifest row %d: label '%s' is a defect class, not '%s'", number, label, GOOD
+            "manifest row %d: label %r read as %r (labels are case- and space-insensitive)",
+            number,
+            written,
+            label,
         )
     image = _resolve(folder, image_value, number, "image", problems) if image_value else None
     mask = _resolve(folder, mask_value, number, "mask", problems) if mask_value else None
@@ -306,17 +312,18 @@ def _cell(row: dict[str, str | None], column: str) -> str:
 def _resolve(
     folder: Path, value: str, number: int, column: str, problems: list[DatasetProblem]
 ) -> Path | None:
-    """Resolve a manifest path inside ``folder``; None (and a problem) if unsafe or missing."""
-    relative = value.replace("\\", "/")  # manifests written on Windows
-    if relative.startswith("/") or PureWindowsPath(value).drive:
-        reason = "absolute path; paths must be relative to the data set folder"
-        problems.append(DatasetProblem(number, column, value, reason))
+    """Resolve a manifest path inside ``folder``; None (and a problem) if unsafe or missing.
+
+    The inside-the-folder check is :func:`semclip.safe_paths.resolve_inside`, the one the
+    pipeline's ``confirmed/`` reader uses too (absolute paths, URIs, ``..`` and symlinks out
+    of the folder are refused).
+    """
+    try:
+        inside = resolve_inside(str(folder), value, local=True)
+    except OutsideRootError as exc:
+        problems.append(DatasetProblem(number, column, value, exc.reason))
         return None
-    path = (folder / relative).resolve()  # follows symlinks: a link out of the folder is caught
-    if not path.is_relative_to(folder):
-        reason = f"resolves to '{path}', outside the data set folder '{folder}'"
-        problems.append(DatasetProblem(number, column, value, reason))
-        return None
+    path = Path(inside).resolve()
     if not path.exists():
         problems.append(DatasetProblem(number, column, value, "file not found"))
         return None

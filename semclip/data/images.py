@@ -13,6 +13,7 @@ import io
 import logging
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,11 +21,13 @@ import numpy as np
 import tifffile
 from PIL import Image, UnidentifiedImageError
 
+from semclip.config import DEFAULT_MAX_IMAGE_PIXELS
+
 logger = logging.getLogger(__name__)
 
-# Pillow refuses images above ~179 Mpx as "decompression bombs"; full-wafer SEM mosaics are
-# larger than that. 2**32 px is 16 GiB of float32 output: past that the caller must opt in.
-DEFAULT_MAX_PIXELS = 2**32
+# The largest image area decoded by default (see semclip.config for why 2**28 px).
+DEFAULT_MAX_PIXELS = DEFAULT_MAX_IMAGE_PIXELS
+MAX_PIXELS_SETTING = "max_image_pixels (SEMCLIP_MAX_IMAGE_PIXELS)"  # named in the errors
 
 # Rec. 601 luma, the weights Pillow's convert("L") uses, so arrays and files agree.
 _LUMA = (0.299, 0.587, 0.114)
@@ -63,6 +66,7 @@ class LoadedImage:
     sha256: str | None  # hex digest of the exact input bytes; None for in-memory arrays
     source: str  # path, or the given name, used in every message about this image
     pixel_size_source: str | None = None  # "tiff", "png", "jpeg"…: where pixel_size_nm came from
+    page: int = 0  # TIFF page decoded; 0 for every other format (the page applies to TIFF only)
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,7 @@ class _Raw:
     array: np.ndarray  # (H, W) or (H, W, C), dtype as stored (bool, uint8, uint16, float)
     pixel_size_nm: float | None
     pixel_size_source: str | None = None  # the format whose metadata gave it
+    page: int = 0  # the TIFF page these samples come from; 0 for other formats
 
 
 def read_image(
@@ -83,14 +88,17 @@ def read_image(
 ) -> LoadedImage:
     """Decode ``source`` (path, file bytes or array) into a gray float32 image in [0, 1].
 
-    ``page`` selects the page (e.g. the detector channel) of a multi-page TIFF or the frame of
-    another multi-frame format. ``name`` replaces the source's description in messages (useful
-    for bytes fetched from an object store). ``max_pixels`` bounds the image area; it is also
-    installed as Pillow's ``Image.MAX_IMAGE_PIXELS`` (a process-wide setting) so large SEM
-    mosaics are not rejected as decompression bombs.
+    ``page`` selects the page (e.g. the detector channel) of a multi-page TIFF; PNG and JPEG
+    have one image, so a night with ``SEMCLIP_TIFF_PAGE=1`` still reads them (frame 0).
+    ``name`` replaces the source's description in messages (useful for bytes fetched from an
+    object store). ``max_pixels`` bounds the image area, checked from the header before any
+    pixel is decoded, so a decompression bomb costs nothing; it is also installed as Pillow's
+    ``Image.MAX_IMAGE_PIXELS`` (a process-wide setting) so large SEM mosaics below it are not
+    refused by Pillow.
 
     Raises:
-        ImageReadError: on a missing, empty, truncated, corrupt or unsupported input.
+        ImageReadError: on a missing, empty, truncated, corrupt or unsupported input, one
+            above ``max_pixels``, or one whose decoding runs out of memory.
     """
     if isinstance(source, np.ndarray):
         label = name or "<array>"
@@ -98,7 +106,10 @@ def read_image(
         return LoadedImage(pixels, depth, None, None, label)
     label, data = _read_source(source, name)
     raw = _decode_bytes(data, label, page=page, max_pixels=max_pixels)
-    pixels, depth = _to_gray(raw.array, label)
+    try:
+        pixels, depth = _to_gray(raw.array, label)
+    except MemoryError:
+        raise ImageReadError(label, _out_of_memory(raw.array.shape[:2], max_pixels)) from None
     return LoadedImage(
         pixels,
         depth,
@@ -106,6 +117,7 @@ def read_image(
         hashlib.sha256(data).hexdigest(),
         label,
         raw.pixel_size_source if raw.pixel_size_nm is not None else None,
+        page=raw.page,
     )
 
 
@@ -135,8 +147,7 @@ def read_image_shape(source: str | os.PathLike[str], *, page: int = 0) -> tuple[
                     tiff_page = _tiff_page(tif, page, label)
                     return int(tiff_page.imagelength), int(tiff_page.imagewidth)
             fh.seek(0)
-            with Image.open(fh) as im:
-                _seek_frame(im, page, label)
+            with Image.open(fh) as im:  # the page applies to TIFF only
                 width, height = im.size
                 return height, width
     except ImageReadError:
@@ -176,9 +187,11 @@ def _decode_bytes(data: bytes, label: str, *, page: int, max_pixels: int) -> _Ra
     try:
         if data[:4] in _TIFF_MAGIC:
             return _decode_tiff(data, label, page, max_pixels)
-        return _decode_pillow(data, label, page, max_pixels)
-    except (ImageReadError, MemoryError):
+        return _decode_pillow(data, label, max_pixels)
+    except ImageReadError:
         raise
+    except MemoryError:  # one image too big for this worker: its reason, not the night's end
+        raise ImageReadError(label, _out_of_memory(None, max_pixels)) from None
     except UnidentifiedImageError:
         raise ImageReadError(
             label, "not a recognised image format (expected PNG/JPEG/TIFF)"
@@ -195,7 +208,7 @@ def _decode_tiff(data: bytes, label: str, page: int, max_pixels: int) -> _Raw:
         if tiff_page.planarconfig == 2 and array.ndim == 3:  # SEPARATE: (S, H, W) → (H, W, S)
             array = np.moveaxis(array, 0, -1)
         pixel_size = _tiff_pixel_size(tiff_page) or _tiff_pixel_size(tif.pages[0])
-    return _Raw(_coerce_integer_samples(array, label), pixel_size, "tiff")
+    return _Raw(_coerce_integer_samples(array, label), pixel_size, "tiff", page)
 
 
 def _tiff_page(tif: tifffile.TiffFile, page: int, label: str) -> Any:
@@ -205,16 +218,20 @@ def _tiff_page(tif: tifffile.TiffFile, page: int, label: str) -> Any:
     return tif.pages[page]
 
 
-def _decode_pillow(data: bytes, label: str, page: int, max_pixels: int) -> _Raw:
+def _decode_pillow(data: bytes, label: str, max_pixels: int) -> _Raw:
+    """PNG, JPEG and the rest: always their first frame (the TIFF page does not apply)."""
     Image.MAX_IMAGE_PIXELS = max_pixels
     try:
-        opened = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():  # between 1x and 2x the limit: refused just below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:  # Pillow's own limit is 2 x MAX_IMAGE_PIXELS
-        raise ImageReadError(label, f"larger than max_pixels={max_pixels}: {exc}") from exc
+        claimed = re.search(r"\((\d+) pixels\)", str(exc))
+        area = f"{int(claimed.group(1)):,} px" if claimed else "its size"
+        raise ImageReadError(label, _too_large(area, max_pixels)) from None
     with opened as im:
         width, height = im.size
         _check_area(height, width, max_pixels, label)
-        _seek_frame(im, page, label)
         im.load()  # decode now so a truncated file fails here, not in the model
         array = _pillow_array(im, label)
         pixel_size = _text_pixel_size(im.info) or _png_phys_pixel_size(data)
@@ -222,21 +239,27 @@ def _decode_pillow(data: bytes, label: str, page: int, max_pixels: int) -> _Raw:
     return _Raw(array, pixel_size, kind)
 
 
-def _seek_frame(im: Image.Image, page: int, label: str) -> None:
-    frames = getattr(im, "n_frames", 1)
-    if not 0 <= page < frames:
-        raise ImageReadError(label, f"page {page} out of range: the image has {frames} frame(s)")
-    if page:
-        im.seek(page)
-
-
 def _check_area(height: int, width: int, max_pixels: int, label: str) -> None:
     if height <= 0 or width <= 0:
         raise ImageReadError(label, f"zero-size image ({height}x{width})")
     if height * width > max_pixels:
-        raise ImageReadError(
-            label, f"{height}x{width} px exceeds max_pixels={max_pixels}; raise max_pixels"
-        )
+        area = f"{height}x{width} px = {height * width:,} px"
+        raise ImageReadError(label, _too_large(area, max_pixels))
+
+
+def _too_large(area: str, max_pixels: int) -> str:
+    return (
+        f"{area} exceeds the limit of {max_pixels:,} px ({MAX_PIXELS_SETTING}); "
+        "not decoded (a decompression bomb, or raise the setting if such images are genuine)"
+    )
+
+
+def _out_of_memory(shape: tuple[int, ...] | None, max_pixels: int) -> str:
+    size = f" a {shape[0]}x{shape[1]} px image" if shape else ""
+    return (
+        f"out of memory decoding{size} (limit {max_pixels:,} px, {MAX_PIXELS_SETTING}); "
+        "lower the setting or give the worker more memory"
+    )
 
 
 def _pillow_array(im: Image.Image, label: str) -> np.ndarray:

@@ -116,7 +116,7 @@ def encode_dataset(
                 continue
             mask = read_mask(sample.mask, image.pixels.shape) if sample.mask is not None else None
             samples.append(sample)
-            keys.append(entry_key(image.sha256, 0))
+            keys.append(entry_key(image.sha256, 0, image.page))
             hashes.append(str(image.sha256))
             shapes.append((int(image.pixels.shape[0]), int(image.pixels.shape[1])))
             masks.append(PackedMask.pack(mask) if mask is not None and mask.any() else None)

@@ -29,7 +29,17 @@ from typing import Any, NamedTuple
 import fsspec
 from fsspec import AbstractFileSystem
 
-__all__ = ["Bucket", "BucketNotFoundError", "file_suffix", "find_files", "open_bucket"]
+from semclip.safe_paths import resolve_inside
+
+__all__ = [
+    "Bucket",
+    "BucketNotFoundError",
+    "file_suffix",
+    "find_files",
+    "is_local",
+    "open_bucket",
+    "resolve_in_bucket",
+]
 
 
 class BucketNotFoundError(FileNotFoundError):
@@ -92,3 +102,23 @@ def find_files(fs: AbstractFileSystem, folder: str) -> list[str]:
 def file_suffix(path: str) -> str:
     """Lower-case suffix of a path (``.tif``), what file types are told apart by."""
     return PurePosixPath(path).suffix.lower()
+
+
+def is_local(fs: AbstractFileSystem) -> bool:
+    """Whether ``fs`` is the local disk, where a path can be a symlink to anywhere."""
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    return "file" in protocols or "local" in protocols
+
+
+def resolve_in_bucket(fs: AbstractFileSystem, root: str, value: str) -> str:
+    """The path inside ``fs`` that ``value`` (a key relative to the bucket root, or a full
+    URI of this bucket) names, refused when it leaves the bucket.
+
+    The check is :func:`semclip.safe_paths.resolve_inside`, shared with the data-set manifest
+    reader; on a local bucket symlinks are resolved too, so a link out is not followed.
+
+    Raises:
+        semclip.safe_paths.OutsideRootError: naming the value and how it leaves the bucket.
+    """
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    return resolve_inside(root, value, protocols=protocols, local=is_local(fs))

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Sequence
 
 from fsspec import AbstractFileSystem
 
-from semclip.io.bucket import file_suffix, find_files
+from semclip.io.bucket import file_suffix, find_files, is_local, resolve_in_bucket
+from semclip.safe_paths import OutsideRootError
 
-__all__ = ["ID_FIELDS", "IMAGE_SUFFIXES", "date_prefix", "list_raw_images", "parse_ids"]
+__all__ = [
+    "ID_FIELDS",
+    "IMAGE_SUFFIXES",
+    "date_prefix",
+    "links_outside_bucket",
+    "list_raw_images",
+    "parse_ids",
+]
 
 
 IMAGE_SUFFIXES = frozenset({".png", ".tif", ".tiff", ".jpg", ".jpeg"})
@@ -26,6 +35,24 @@ def list_raw_images(fs: AbstractFileSystem, root: str, run_date: dt.date) -> lis
     folder = f"{root}/raw/{run_date.isoformat()}"
     paths = find_files(fs, folder)
     return [fs.unstrip_protocol(p) for p in paths if file_suffix(p) in IMAGE_SUFFIXES]
+
+
+def links_outside_bucket(fs: AbstractFileSystem, root: str, uris: Sequence[str]) -> dict[str, str]:
+    """Quarantine reason per listed image that is a link out of a local bucket.
+
+    A local bucket's ``raw/`` may hold symlinks (or linked folders) that a listing follows;
+    reading them would predict, and store the URI of, a file that is not in the bucket.
+    Object stores have no links: there the answer is always empty.
+    """
+    if not is_local(fs):
+        return {}
+    reasons = {}
+    for uri in uris:
+        try:
+            resolve_in_bucket(fs, root, uri)
+        except OutsideRootError as exc:
+            reasons[uri] = f"outside the bucket: {exc.reason}"
+    return reasons
 
 
 def parse_ids(

@@ -14,7 +14,15 @@ from fsspec import AbstractFileSystem
 from semclip.io.fetch import fetch_bytes
 from semclip.io.paths import parse_ids
 
-__all__ = ["RefitError", "Shot", "hash_shots", "shots_from_frame", "wafer_group"]
+__all__ = [
+    "LabelConflict",
+    "RefitError",
+    "Shot",
+    "drop_label_conflicts",
+    "hash_shots",
+    "shots_from_frame",
+    "wafer_group",
+]
 
 _RAW_DATE = re.compile(r"^(?:.*/)?raw/\d{4}-\d{2}-\d{2}/")  # what parse_ids is relative to
 
@@ -80,3 +88,47 @@ def wafer_group(image_uri: str, path_regex: str | re.Pattern[str]) -> str | None
     if lot is None and wafer is None:
         return None
     return f"{lot or '?'}/{wafer or '?'}"
+
+
+@dataclass(frozen=True)
+class LabelConflict:
+    """The same image bytes confirmed under several paths with different labels."""
+
+    sha256: str
+    shots: tuple[tuple[str, str], ...]  # (image_uri, label) of every copy, sorted by URI
+
+    def __str__(self) -> str:
+        copies = "; ".join(f"{uri} as {label!r}" for uri, label in self.shots)
+        return (
+            f"same image bytes (SHA-256 {self.sha256[:12]}…) confirmed with different labels: "
+            f"{copies}; all left out until the labels agree"
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready, for the model lineage and the refit report."""
+        return {
+            "sha256": self.sha256,
+            "shots": [{"image_uri": u, "label": label} for u, label in self.shots],
+        }
+
+
+def drop_label_conflicts(shots: Sequence[Shot]) -> tuple[list[Shot], list[LabelConflict]]:
+    """Shots without the images whose bytes carry two labels, and those conflicts.
+
+    One image cannot be both a particle and a scratch: training on both copies teaches
+    the heads noise, and the hash-based split puts both on the same side, so neither
+    label can be checked on the hold-out. Which label is right is the engineers' call,
+    so every copy leaves (order kept for the rest). Copies that agree are kept.
+    """
+    by_hash: dict[str, list[Shot]] = {}
+    for shot in shots:
+        if shot.sha256 is None:
+            raise ValueError(f"shot {shot.image_uri} has no content hash; run hash_shots first")
+        by_hash.setdefault(shot.sha256, []).append(shot)
+    conflicts = [
+        LabelConflict(sha, tuple(sorted((s.image_uri, s.label) for s in group)))
+        for sha, group in by_hash.items()
+        if len({s.label for s in group}) > 1
+    ]
+    bad = {c.sha256 for c in conflicts}
+    return [s for s in shots if s.sha256 not in bad], conflicts
