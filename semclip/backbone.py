@@ -375,7 +375,9 @@ def pretrain_classes(backbone: Backbone) -> set[str] | None:
         return None
     record = Path(backbone.name[len(LOCAL_DIR_PREFIX) :]).expanduser() / PRETRAIN_RECORD
     try:
-        classes = json.loads(record.read_text())["data"]["classes"]
+        data = json.loads(record.read_text())["data"]
+        classes = {str(c) for c in data["classes"]}
+        excluded = {str(c) for c in data.get("excluded_classes", ())}
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return {str(c) for c in classes}
+    return classes - excluded

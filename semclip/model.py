@@ -168,7 +168,8 @@ class SemclipModel:
         calibration = calibrate(
             tensors, text, good, config, proj, preprocess.image_size, device, clip_classes
         )
-        model.heads = fit_heads(tensors, text, good, config, proj, device)
+        history: list[dict[str, float]] = []
+        model.heads = fit_heads(tensors, text, good, config, proj, device, history)
         bank = build_membank(tensors, good, config, device) if config.membank else None
         model.membank = bank[0] if bank is not None else None
         if calibration.method == "default":
@@ -178,12 +179,18 @@ class SemclipModel:
             calibration = replace(calibration, tau=tau)
         model.calibration = calibration
         model.lineage = fit_lineage(items, hashes, config, backbone, time.perf_counter() - started)
+        model.lineage["training"] = {
+            "steps": len(history),
+            "last": history[-1] if history else None,
+        }
         log.info(
-            "fitted %d classes on %d images: tau=%.3f alpha=%.2f (%s)",
+            "fitted %d classes on %d images in %d steps: tau=%.3f alpha=%.2f beta=%.2f (%s)",
             len(classes),
             len(items),
+            len(history),
             calibration.tau,
             calibration.alpha,
+            calibration.membank_weight,
             calibration.method,
         )
         return model

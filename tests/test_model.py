@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -122,6 +123,27 @@ def test_label_without_prompts_gets_generic_ones(
     assert model.calibration.class_alpha == (alpha, alpha, alpha, 0.0)
     pred = model.predict([items[0].image])[0]
     assert list(pred.probabilities) == list(model.classes)
+
+
+def test_classes_the_backbone_never_saw_lean_on_the_head(
+    tiny_backbone: Backbone, synth_dataset: Dataset, fast_config: FitConfig, tmp_path: Path
+) -> None:
+    """A backbone folder whose pretrain.json lacks scratch: α_scratch = 0 (head alone)."""
+    record = {
+        "data": {
+            "classes": ["good", "bridge", "particle", "scratch"],
+            "excluded_classes": ["scratch"],
+        }
+    }
+    (tmp_path / "pretrain.json").write_text(json.dumps(record))
+    backbone = replace(tiny_backbone, name=f"local-dir:{tmp_path}")
+    support, _ = draw_support(synth_dataset, 1, 0)
+    model = SemclipModel.fit(backbone, support, config=fast_config)
+    assert model.classes == ("good", "bridge", "particle", "scratch")
+    alpha = fast_config.default_alpha
+    assert model.calibration.class_alpha == (alpha, alpha, alpha, 0.0)
+    glob = SemclipModel.fit(backbone, support, config=replace(fast_config, class_alpha="global"))
+    assert glob.calibration.class_alpha is None
 
 
 # ------------------------------------------------------------------------------ predicting
