@@ -40,13 +40,19 @@ class OutsideRootError(ValueError):
 
 
 def resolve_inside(
-    root: str, value: str, *, protocols: Sequence[str] = (), local: bool = False
+    root: str,
+    value: str,
+    *,
+    protocols: Sequence[str] = (),
+    local: bool = False,
+    root_name: str = "the root",
 ) -> str:
     """The path ``value`` names inside ``root``, as a path of ``root``'s file system.
 
     ``root`` is a path without protocol: a local folder (``local=True``, absolute) or an
     object-store prefix such as ``bucket/prefix``. The returned path keeps the name as
     written (normalised, not the symlink target), so URIs built from it read like the row.
+    ``root_name`` is how messages call ``root`` ("the data set", "the bucket").
 
     Raises:
         OutsideRootError: when ``value`` is absolute, has a foreign scheme, or resolves
@@ -60,7 +66,7 @@ def resolve_inside(
         if scheme not in {p.lower() for p in protocols}:
             raise OutsideRootError(
                 value,
-                f"a '{scheme}://' URI, outside {_where(root)} "
+                f"a '{scheme}://' URI, outside {_where(root, root_name)} "
                 "(rows name paths relative to it, or its own URIs)",
             )
         absolute = text[match.end() :]
@@ -68,17 +74,17 @@ def resolve_inside(
         path = posixpath.normpath(absolute)
     elif text.startswith("/") or PureWindowsPath(value).drive:
         raise OutsideRootError(
-            value, f"absolute path; write it relative to the root ({_where(root)})"
+            value, f"absolute path; write it relative to the root ({_where(root, root_name)})"
         )
     else:
         path = posixpath.normpath(posixpath.join(base, text))
     if not is_inside(base, path):
-        raise OutsideRootError(value, f"resolves to '{path}', outside {_where(root)}")
+        raise OutsideRootError(value, f"resolves to '{path}', outside {_where(root, root_name)}")
     if local:
         target = os.path.realpath(path)
         if not is_inside(os.path.realpath(base), target):
             raise OutsideRootError(
-                value, f"is a link to '{target}', outside {_where(root)}; not followed"
+                value, f"is a link to '{target}', outside {_where(root, root_name)}; not followed"
             )
     return path
 
@@ -95,5 +101,5 @@ def _clean_root(root: str) -> str:
     return "/" if cleaned in ("/", "//") else cleaned
 
 
-def _where(root: str) -> str:
-    return f"the root '{root}'"
+def _where(root: str, root_name: str = "the root") -> str:
+    return f"{root_name} '{root}'"

@@ -319,7 +319,7 @@ def _resolve(
     of the folder are refused).
     """
     try:
-        inside = resolve_inside(str(folder), value, local=True)
+        inside = resolve_inside(str(folder), value, local=True, root_name="the data set")
     except OutsideRootError as exc:
         problems.append(DatasetProblem(number, column, value, exc.reason))
         return None
