@@ -15,12 +15,14 @@ import pandas as pd
 
 from semclip.registry.refs import RegistryError
 
-__all__ = ["MODEL_ARTIFACT", "SemclipPyfunc", "artifact_subpath", "signature"]
+__all__ = ["MODEL_ARTIFACT", "MODEL_CODE_FILE", "SemclipPyfunc", "artifact_subpath", "signature"]
 
 log = logging.getLogger(__name__)
 
 
 MODEL_ARTIFACT = "semclip_model"  # key of the model directory in the pyfunc artifacts
+# Logged as the python model (MLflow models from code), so loading a version unpickles nothing.
+MODEL_CODE_FILE = Path(__file__).with_name("pyfunc_model.py")
 
 
 class SemclipPyfunc(mlflow.pyfunc.PythonModel):
