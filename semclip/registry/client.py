@@ -315,19 +315,24 @@ class Registry:
     def _download(self, ref: ModelRef, dst: Path) -> Path:
         with self._active(), self._reaching():  # models:/ resolution ignores registry_uri=
             try:
-                return Path(
+                root = Path(
                     mlflow.artifacts.download_artifacts(artifact_uri=ref.uri, dst_path=str(dst))
                 )
             except (MlflowException, OSError) as exc:
                 if is_connection_failure(exc):
                     raise  # named as an outage by _reaching
-                raise MissingArtifactsError(
-                    f"{ref.uri} is registered in {self.where()} but its artifacts cannot be "
-                    f"read from {ref.source or 'its artifact store'} ({type(exc).__name__}: "
-                    f"{exc}); the artifact folder was deleted or is unreadable. Promote "
-                    f"another version (`semclip promote --version N`) or register a new one "
-                    f"(run the refit flow)"
-                ) from exc
+                raise self._missing_artifacts(ref, f"{type(exc).__name__}: {exc}") from exc
+        if not (root / "MLmodel").is_file():  # MLflow "downloads" a deleted folder as empty
+            raise self._missing_artifacts(ref, "the download is empty, no MLmodel")
+        return root
+
+    def _missing_artifacts(self, ref: ModelRef, why: str) -> MissingArtifactsError:
+        return MissingArtifactsError(
+            f"{ref.uri} is registered in {self.where()} but its artifacts cannot be read "
+            f"from {ref.source or 'its artifact store'} ({why}); the artifact folder was "
+            f"deleted or is unreadable. Promote another version (`semclip promote --version "
+            f"N`) or register a new one (run the refit flow)"
+        )
 
     def load(
         self,
