@@ -130,3 +130,24 @@ def test_botocore_connection_error_is_retried_though_not_an_oserror() -> None:
 
     error = EndpointConnectionError(endpoint_url="http://127.0.0.1:1/bucket")
     assert not isinstance(error, OSError) and _retried(error)
+
+
+def test_error_rows_are_never_done_hashes(tmp_path: object) -> None:
+    """An error row in the partition (e.g. non-finite probabilities) is history: the next
+    run predicts that image again; a row with a class is done (issue 10, item 5)."""
+    from semclip.io.bucket import open_bucket
+    from semclip.io.partitions import write_partition
+    from semclip.prediction import Prediction
+    from tasks.inference import prediction_rows, read_done_hashes
+
+    url = f"file://{tmp_path}/bucket"
+    fs, root = open_bucket(url, create=True)
+    ok = Prediction("raw/a.png", "a" * 64, "good", {"good": 1.0}, 0.0, False,
+                    None, 4, 4, 0, 0, None, None, "m", "3")  # fmt: skip
+    bad = Prediction.failed("raw/b.png", "model output is not finite", "m", "3", "b" * 64)
+    ids = ("lot_id", "wafer_id", "defect_id", "die_x_index", "die_y_index", "x_rel_um", "y_rel_um")
+    fields = {p.image_uri: dict.fromkeys(ids) for p in (ok, bad)}
+    rows = prediction_rows([ok, bad], fields, None, dt.datetime.now(dt.UTC))
+    write_partition(fs, root, RUN_DATE, rows)
+    assert read_done_hashes.fn(BucketRef(url), RUN_DATE, "3") == ["a" * 64]
+    assert read_done_hashes.fn(BucketRef(url), RUN_DATE, "4") == []
