@@ -254,7 +254,7 @@ def refit(
         random_backbone=candidate.random_backbone,
         backbone=candidate.backbone,
         n_confirmed=len(shots),
-        n_support=len(split.support),
+        n_support=sum(candidate.shots_per_class.values()),  # shots fitted on, not selected
         n_holdout=evaluation.n_holdout,
         candidate_metrics=evaluation.candidate.to_dict(),
         champion_metrics=evaluation.champion.to_dict() if evaluation.champion else None,

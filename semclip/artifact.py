@@ -24,7 +24,9 @@ from safetensors.torch import load_file, save_file
 from semclip.backbone import (
     LOCAL_DIR_PREFIX,
     RANDOM_WEIGHTS_WARNING,
+    WEIGHTS_FILE,
     Backbone,
+    file_sha256,
     load_backbone,
     save_backbone_dir,
 )
@@ -48,6 +50,12 @@ BACKBONE_DIR = "backbone"
 
 class IncompatibleModelError(RuntimeError):
     """The directory holds no semclip model, or one written in a format this code cannot read."""
+
+
+class CorruptModelError(IncompatibleModelError):
+    """A file of the model directory is missing, unreadable, or differs from the hash that
+    ``model.json`` recorded when the model was saved (a bit flip, a half copy, a deleted
+    folder). Loading it anyway gave NaN probabilities that were written as class "good"."""
 
 
 def save_model(
@@ -97,6 +105,7 @@ def save_model(
     }
     if membank_info is not None:
         meta["membank"] = membank_info
+    meta["heads_sha256"] = file_sha256(tmp / HEADS_FILE)  # checked on load
     (tmp / MODEL_FILE).write_text(json.dumps(meta, indent=2))
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)
@@ -104,11 +113,20 @@ def save_model(
 
 
 def load_model(
-    path: str | os.PathLike, *, device: str | torch.device | None = None
+    path: str | os.PathLike,
+    *,
+    device: str | torch.device | None = None,
+    verify: bool = True,
 ) -> SemclipModel:
-    """Read a model directory; IncompatibleModelError when it is missing, foreign or too new/old."""
+    """Read a model directory; IncompatibleModelError when it is missing, foreign or too new/old.
+
+    The weight files are checked against the hashes in ``model.json`` first
+    (:func:`verify_model_dir`, :class:`CorruptModelError`); ``verify=False`` skips that for a
+    caller that has just checked the same folder. A heads file that cannot be parsed is a
+    :class:`CorruptModelError` too, hash or not (models saved before the heads were hashed).
+    """
     path = Path(path)
-    meta = read_meta(path)
+    meta = verify_model_dir(path) if verify else read_meta(path)
     info = meta["backbone"]
     if info.get("dir"):
         backbone = load_backbone(f"{LOCAL_DIR_PREFIX}{path / info['dir']}", None, device)
@@ -124,14 +142,24 @@ def load_model(
     backbone.random_weights = bool(info.get("random_weights"))  # a saved random net stays random
     if backbone.random_weights:
         log.warning("model %s: %s", path, RANDOM_WEIGHTS_WARNING.format(name=backbone.name))
-    state = load_file(str(path / HEADS_FILE), device=str(backbone.model.visual.proj.device))
-    heads = SemclipHeads(
-        meta["n_stages"],
-        state["classifier.weight"].shape[1] // meta["n_stages"],
-        state["text"].shape[1],
-        state["text"],
-    )
-    heads.load_state_dict(state)
+    heads_path = path / HEADS_FILE
+    try:
+        state = load_file(str(heads_path), device=str(backbone.model.visual.proj.device))
+        heads = SemclipHeads(
+            meta["n_stages"],
+            state["classifier.weight"].shape[1] // meta["n_stages"],
+            state["text"].shape[1],
+            state["text"],
+        )
+        heads.load_state_dict(state)
+    except FileNotFoundError:
+        raise CorruptModelError(_missing(path, HEADS_FILE)) from None
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+        raise CorruptModelError(
+            f"{heads_path} is not a readable heads file ({type(exc).__name__}: {exc}); "
+            f"the model directory is damaged: copy it again from where it came from "
+            f"(a registry version is re-downloaded by deleting its cache folder) or refit"
+        ) from exc
     heads.to(backbone.model.visual.proj.device).eval()
     return SemclipModel(
         backbone=backbone,
@@ -157,6 +185,41 @@ def _load_membank(
         return None
     state = load_file(str(path / info["file"]), device=str(device))
     return PatchMemoryBank(state["bank"], state["scale"], int(info["k"]), source=info["source"])
+
+
+def verify_model_dir(path: str | os.PathLike) -> dict[str, Any]:
+    """``model.json`` of a directory whose files are all there and match their hashes.
+
+    Checks ``heads.safetensors`` against ``heads_sha256`` and the bundled backbone weights
+    against ``backbone.weights_sha256`` (each when recorded: models saved before the heads
+    were hashed skip that one). Raises :class:`CorruptModelError` naming the file.
+    """
+    path = Path(path)
+    meta = read_meta(path)
+    files = [(HEADS_FILE, meta.get("heads_sha256"))]
+    info = meta.get("backbone", {})
+    if info.get("dir"):
+        files.append((f"{info['dir']}/{WEIGHTS_FILE}", info.get("weights_sha256")))
+    for name, expected in files:
+        file = path / name
+        if not file.is_file():
+            raise CorruptModelError(_missing(path, name))
+        if expected and file_sha256(file) != expected:
+            raise CorruptModelError(
+                f"{file} does not match the sha256 recorded in {path / MODEL_FILE} "
+                f"(expected {expected[:12]}…): the file is corrupt (bit flip, partial copy). "
+                f"Do not use this copy: fetch the model again (a registry version is "
+                f"re-downloaded by deleting its cache folder) or refit"
+            )
+    return meta
+
+
+def _missing(path: Path, name: str) -> str:
+    return (
+        f"model {path} lacks {name}: the directory is incomplete (deleted or half copied); "
+        f"copy the whole model directory again (a registry version is re-downloaded by "
+        f"deleting its cache folder) or refit"
+    )
 
 
 def read_meta(path: Path) -> dict[str, Any]:

@@ -312,7 +312,12 @@ class SemclipModel:
                     loaded[i] = self._predict_batch([images[i]], [uris[i]], config, cache)[0]
                 return loaded  # type: ignore[return-value]
             for j, i in enumerate(ok):
-                loaded[i] = self._to_prediction(loaded[i], uris[i], outputs, j, config)
+                problem = _non_finite(outputs, j)
+                loaded[i] = (
+                    self._failed(uris[i], problem, loaded[i].sha256)
+                    if problem
+                    else self._to_prediction(loaded[i], uris[i], outputs, j, config)
+                )
         return loaded  # type: ignore[return-value]
 
     def _read(
@@ -377,6 +382,11 @@ class SemclipModel:
                 if isinstance(item, Prediction):
                     out.append(item)
                     continue
+                problem = _non_finite(heads, j)
+                if problem:
+                    out.append(self._failed(uri, problem, item.sha256))
+                    j += 1
+                    continue
                 out.append(
                     ImageScores(
                         uri=uri,
@@ -432,6 +442,28 @@ class SemclipModel:
             pixel_size_nm=pixel_nm,
             pixel_size_source=pixel_source if pixel_nm is not None else None,
         )
+
+
+def _non_finite(out: HeadOutputs, j: int) -> str | None:
+    """Why image ``j``'s outputs cannot be a prediction, or None when they are all finite.
+
+    NaN probabilities have no meaningful argmax (torch gives index 0, "good") and NaN is never
+    below the review threshold, so a corrupt model used to write silent "good" rows that
+    nobody reviewed; now such an image is an error row and is predicted again on a re-run.
+    """
+    probs = out.probs[j].float()
+    if not bool(torch.isfinite(probs).all()):
+        return (
+            f"model output is not finite (class probabilities {probs.tolist()}): the model "
+            "weights are likely corrupt (check them: semclip verifies their hashes on load) "
+            "or the image drives the network out of range; no class is given"
+        )
+    if not bool(torch.isfinite(out.score_map[j].float()).all()):
+        return (
+            "model output is not finite (the defect map holds NaN/inf): the model weights "
+            "are likely corrupt; no class or mask is given"
+        )
+    return None
 
 
 def support_items(support: Dataset | Sequence[SupportItem]) -> list[SupportItem]:

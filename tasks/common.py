@@ -27,6 +27,7 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.states import State
 
 from semclip.io.bucket import Bucket, open_bucket
+from semclip.outage import is_connection_failure
 from semclip.settings import SemclipSettings
 
 __all__ = [
@@ -68,17 +69,20 @@ class BucketRef:
 
 
 def retry_on_transient(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:
-    """Retry network and storage hiccups (OSError, timeouts), never a missing bucket or file,
-    bad data or a bug: those fail the same way again, only later."""
+    """Retry network and storage hiccups (OSError, timeouts, an endpoint refusing connections
+    whatever library reports it), never a missing bucket, file or model, bad data or a bug:
+    those fail the same way again, only later."""
     exc = state.data if isinstance(state.data, BaseException) else None
     if exc is None:
         try:
             exc = state.result(raise_on_failure=False)
         except Exception as caught:  # noqa: BLE001 - reading the failure itself failed
             exc = caught
-    if not isinstance(exc, OSError):
+    if exc is None:
         return False
-    return not isinstance(exc, _PERMANENT)
+    if isinstance(exc, OSError) and not isinstance(exc, _PERMANENT):
+        return True
+    return is_connection_failure(exc)
 
 
 IO_RETRIES: dict[str, Any] = {

@@ -29,7 +29,7 @@ from prefect.cache_policies import NO_CACHE
 from semclip.config import DEFAULT_MAX_IMAGE_PIXELS
 from semclip.io import klarf_join
 from semclip.io.fetch import fetch_bytes
-from semclip.io.partitions import PartitionWrite, existing_keys, read_partition, write_partition
+from semclip.io.partitions import PartitionWrite, read_partition, write_partition
 from semclip.io.paths import links_outside_bucket, list_raw_images
 from semclip.io.pipeline_schema import PIPELINE_PREDICTION_SCHEMA, pipeline_records_to_table
 from semclip.io.quarantine import write_quarantine
@@ -101,10 +101,20 @@ def describe_images(
 
 @task(name="read_done_hashes", **IO_RETRIES)
 def read_done_hashes(bucket: BucketRef, run_date: dt.date, model_version: str) -> list[str]:
-    """Content hashes already predicted by ``model_version`` in the date's partition."""
+    """Content hashes already predicted by ``model_version`` in the date's partition.
+
+    Only rows with a class count: an error row (``error`` set, e.g. non-finite probabilities
+    of a corrupt model, whoever wrote it) is history, so a re-run predicts that image again.
+    """
     fs, root = bucket.open()
+    table = read_partition(fs, root, run_date, columns=["image_sha256", "model_version", "error"])
+    columns = (table.column(c).to_pylist() for c in ("image_sha256", "model_version", "error"))
     return sorted(
-        sha for sha, version in existing_keys(fs, root, run_date) if version == model_version
+        {
+            sha
+            for sha, version, error in zip(*columns, strict=True)
+            if sha is not None and version == model_version and error is None
+        }
     )
 
 

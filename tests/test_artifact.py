@@ -184,3 +184,78 @@ def test_save_replaces_an_existing_directory(fitted_model: SemclipModel, tmp_pat
     (target / "stale.txt").write_text("old")
     save_model(fitted_model, target)
     assert not (target / "stale.txt").exists() and (target / MODEL_FILE).is_file()
+
+
+# ------------------------------------------------------------------ integrity (issue 10)
+def _flip_one_bit(file: Path) -> None:
+    data = bytearray(file.read_bytes())
+    data[len(data) // 2] ^= 0x01  # the middle of the file: tensor bytes, not the header
+    file.write_bytes(bytes(data))
+
+
+def test_bit_flipped_backbone_weights_are_refused(saved_dir: Path, tmp_path: Path) -> None:
+    """The weights hash in model.json is checked: a flipped bit no longer loads silently."""
+    from semclip.artifact import CorruptModelError
+    from semclip.backbone import WEIGHTS_FILE
+
+    copy = tmp_path / "flipped"
+    shutil.copytree(saved_dir, copy)
+    _flip_one_bit(copy / BACKBONE_DIR / WEIGHTS_FILE)
+    with pytest.raises(CorruptModelError, match=rf"{WEIGHTS_FILE} does not match the sha256"):
+        load_model(copy, device="cpu")
+
+
+def test_bit_flipped_heads_are_refused(saved_dir: Path, tmp_path: Path) -> None:
+    from semclip.artifact import CorruptModelError
+
+    meta = json.loads((saved_dir / MODEL_FILE).read_text())
+    assert meta["heads_sha256"] == hashlib.sha256((saved_dir / HEADS_FILE).read_bytes()).hexdigest()
+    copy = tmp_path / "flipped"
+    shutil.copytree(saved_dir, copy)
+    _flip_one_bit(copy / HEADS_FILE)
+    with pytest.raises(CorruptModelError, match=rf"{HEADS_FILE} does not match the sha256"):
+        load_model(copy, device="cpu")
+
+
+def test_garbage_heads_file_is_a_named_error_even_without_a_hash(
+    saved_dir: Path, tmp_path: Path
+) -> None:
+    """A model saved before the heads were hashed: the parse error is named, not raw."""
+    from semclip.artifact import CorruptModelError
+
+    old = tmp_path / "old"
+    shutil.copytree(saved_dir, old)
+    meta = json.loads((old / MODEL_FILE).read_text())
+    del meta["heads_sha256"]
+    (old / MODEL_FILE).write_text(json.dumps(meta))
+    (old / HEADS_FILE).write_bytes(b"\x00garbage, not safetensors" * 10)
+    with pytest.raises(CorruptModelError, match=r"not a readable heads file.*refit"):
+        load_model(old, device="cpu")
+
+
+def test_deleted_backbone_folder_is_a_named_error(saved_dir: Path, tmp_path: Path) -> None:
+    from semclip.artifact import CorruptModelError
+
+    copy = tmp_path / "incomplete"
+    shutil.copytree(saved_dir, copy)
+    shutil.rmtree(copy / BACKBONE_DIR)
+    with pytest.raises(CorruptModelError, match=r"lacks backbone/.*incomplete.*copy the whole"):
+        load_model(copy, device="cpu")
+
+
+def test_non_finite_probabilities_are_error_rows_not_good(
+    saved_dir: Path, query_paths: list[Path]
+) -> None:
+    """Corrupt (NaN) head weights: argmax of NaN is index 0 = "good" and NaN < threshold is
+    False, which wrote silent good rows; now every image is an error row with no class."""
+    model = load_model(saved_dir, device="cpu")
+    with torch.no_grad():
+        model.heads.classifier.weight.fill_(float("nan"))
+    got = model.predict(query_paths[:3])
+    assert [p.ok for p in got] == [False, False, False]
+    for p in got:
+        assert p.predicted_class is None and p.probabilities is None
+        assert p.needs_review is None and p.mask_rle is None
+        assert "not finite" in (p.error or "") and p.image_sha256  # the image itself was read
+    scored = model.score(query_paths[:1])
+    assert isinstance(scored[0], Prediction) and "not finite" in (scored[0].error or "")

@@ -270,3 +270,117 @@ def test_models_logged_before_the_split_still_find_their_python_model() -> None:
 
     old_reference = b"csemclip.registry\nSemclipPyfunc\n."  # protocol 0 GLOBAL opcode
     assert pickle.loads(old_reference) is SemclipPyfunc
+
+
+# ------------------------------------------------------------------ no pickle (issue 10, 12)
+def _forbid_unpickling(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any pickle/cloudpickle load from here on fails the test."""
+    import pickle
+
+    import cloudpickle
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a semclip model load unpickled something")
+
+    for module in (pickle, cloudpickle):
+        monkeypatch.setattr(module, "load", refuse)
+        monkeypatch.setattr(module, "loads", refuse)
+
+
+@pytest.mark.slow
+def test_logged_version_is_models_from_code_and_loads_without_unpickling(
+    kit: Kit, champion_registry: Registry, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """No python_model.pkl is logged, so neither the nightly path (Registry.load) nor
+    mlflow.pyfunc.load_model has a pickle to run; both load and predict with pickle banned."""
+    import dataclasses
+
+    import mlflow.artifacts
+    import mlflow.pyfunc
+
+    ref = champion_registry.resolve()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", champion_registry.tracking_uri)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", champion_registry.tracking_uri)
+    logged = Path(mlflow.artifacts.download_artifacts(ref.uri, dst_path=str(tmp_path / "dl")))
+    names = {p.name for p in logged.rglob("*")}
+    assert "MLmodel" in names and "python_model.pkl" not in names
+    assert not [p for p in names if p.endswith((".pkl", ".pickle"))]
+    assert "model_code_path" in (logged / "MLmodel").read_text()
+
+    _forbid_unpickling(monkeypatch)
+    clear_model_cache()
+    fresh = dataclasses.replace(champion_registry, cache_dir=tmp_path / "cache")  # download
+    model = fresh.load(ref)
+    assert model.predict([kit.synth_png("bridge", 2)], uris=["x"])[0].ok
+    served = mlflow.pyfunc.load_model(ref.uri)
+    out = served.predict(pd.DataFrame({"image": [kit.synth_png("bridge", 2)]}))
+    assert out.loc[0, "predicted_class"] in {"good", "bridge", "particle"}
+
+
+# ------------------------------------------------------------------ integrity (issue 10, 5, 11)
+def _flip_one_bit(file: Path) -> None:
+    data = bytearray(file.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    file.write_bytes(bytes(data))
+
+
+@pytest.mark.slow
+def test_corrupt_cached_copy_is_dropped_and_downloaded_again(
+    kit: Kit, champion_registry: Registry, tmp_path: Path
+) -> None:
+    import dataclasses
+    import json
+
+    from semclip.backbone import WEIGHTS_FILE, file_sha256
+
+    registry = dataclasses.replace(champion_registry, cache_dir=tmp_path / "cache")
+    ref = registry.resolve()
+    weights = registry.local_dir(ref) / "backbone" / WEIGHTS_FILE
+    recorded = json.loads((weights.parent.parent / "model.json").read_text())["backbone"]
+    _flip_one_bit(weights)  # the cached copy rots on this worker's disk
+    clear_model_cache()
+    model = registry.load(ref)
+    assert file_sha256(weights) == recorded["weights_sha256"]  # a fresh, good copy in place
+    assert model.predict([kit.synth_png("particle", 1)], uris=["y"])[0].ok
+    # a garbage heads file in the cache (no hash can vouch for it) is replaced too
+    (weights.parent.parent / "heads.safetensors").write_bytes(b"garbage" * 50)
+    clear_model_cache()
+    assert registry.load(ref).predict([kit.synth_png("good", 1)], uris=["z"])[0].ok
+
+
+@pytest.fixture
+def private_registry(small_model_dir: Path, tmp_path: Path) -> Registry:
+    """A registry whose artifact store belongs to this test alone (it damages it)."""
+    registry = Registry(
+        tracking_uri=f"sqlite:///{tmp_path / 'own' / 'mlflow.db'}",
+        model_name="semclip-damaged",
+        artifact_location=(tmp_path / "own" / "mlartifacts").as_uri(),
+        cache_dir=tmp_path / "own" / "cache",
+    )
+    registry.log_version(small_model_dir, run_name="to-damage")
+    return registry
+
+
+@pytest.mark.slow
+def test_corrupt_or_deleted_registry_copy_is_a_named_error(
+    private_registry: Registry, tmp_path: Path
+) -> None:
+    import shutil
+
+    from semclip.backbone import WEIGHTS_FILE
+    from semclip.registry.refs import CorruptRegistryModelError, MissingArtifactsError
+
+    ref = private_registry.resolve(1)
+    store = tmp_path / "own" / "mlartifacts"
+    (stored,) = store.rglob(WEIGHTS_FILE)
+    _flip_one_bit(stored)
+    clear_model_cache()
+    with pytest.raises(CorruptRegistryModelError, match=r"corrupt in the registry itself.*promote"):
+        private_registry.load(ref)
+    assert not list((tmp_path / "own" / "cache").rglob("model.json"))  # nothing bad kept
+
+    (mlmodel,) = store.rglob("MLmodel")  # …/models/m-<id>/artifacts/MLmodel
+    assert stored.is_relative_to(mlmodel.parent)
+    shutil.rmtree(mlmodel.parent)  # the version's artifact folder is deleted
+    with pytest.raises(MissingArtifactsError, match=r"artifacts cannot be read.*deleted"):
+        private_registry.load(ref)

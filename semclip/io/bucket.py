@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 import fsspec
 from fsspec import AbstractFileSystem
 
+from semclip.outage import EndpointUnreachableError, is_connection_failure
 from semclip.safe_paths import resolve_inside
 
 __all__ = [
@@ -56,7 +57,9 @@ class Bucket(NamedTuple):
 def open_bucket(url: str, *, endpoint_url: str | None = None, create: bool = False) -> Bucket:
     """Open ``url`` (``file://…``, ``s3://bucket[/prefix]`` or a local path) with fsspec.
 
-    Raises :class:`BucketNotFoundError` naming the bucket when it does not exist, unless
+    Raises :class:`~semclip.outage.EndpointUnreachableError` naming the endpoint when S3
+    cannot be reached (an outage: retried), and :class:`BucketNotFoundError` naming the
+    bucket when the store answers that it does not exist, unless
     ``create`` (the local demo) makes it; failing here beats failing on the first write
     after a night of inference. ``endpoint_url`` points s3fs at MinIO/Ceph/moto. A local
     bucket is its folder; on S3 the bucket must exist, a prefix inside it need not.
@@ -72,7 +75,7 @@ def open_bucket(url: str, *, endpoint_url: str | None = None, create: bool = Fal
     is_s3 = protocol == "s3"
     container = root.split("/", 1)[0] if is_s3 else root
     fs.invalidate_cache()
-    if fs.exists(container):
+    if _container_exists(fs, container, is_s3, endpoint_url):
         return Bucket(fs, root)
     if not create:
         where = f" at {endpoint_url}" if is_s3 and endpoint_url else ""
@@ -86,6 +89,31 @@ def open_bucket(url: str, *, endpoint_url: str | None = None, create: bool = Fal
     else:
         fs.makedirs(container, exist_ok=True)
     return Bucket(fs, root)
+
+
+def _container_exists(
+    fs: AbstractFileSystem, container: str, is_s3: bool, endpoint_url: str | None
+) -> bool:
+    """Whether the bucket (local folder) exists; :class:`EndpointUnreachableError` when S3
+    cannot be asked.
+
+    s3fs's ``exists`` swallows every error of its bucket probes and answers False, so an
+    endpoint that refuses connections read as "bucket does not exist" and was not retried.
+    ``head_bucket`` tells the cases apart: an answer (found / 404) or no connection.
+    """
+    if not is_s3:
+        return bool(fs.exists(container))
+    try:
+        fs.call_s3("head_bucket", Bucket=container)
+        return True
+    except FileNotFoundError:
+        return False
+    except Exception as exc:  # noqa: BLE001 - classified below, re-raised unless an answer
+        if is_connection_failure(exc):
+            where = endpoint_url or "the default AWS S3 endpoint"
+            raise EndpointUnreachableError("S3", where, exc) from exc
+    # Any other answer (403 on HEAD for a bucket we may list, …): s3fs's own probes decide.
+    return bool(fs.exists(container))
 
 
 def find_files(fs: AbstractFileSystem, folder: str) -> list[str]:

@@ -24,13 +24,16 @@ import mlflow.pyfunc
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from semclip.outage import EndpointUnreachableError, is_connection_failure
 from semclip.registry.cache import cached_model, cached_model_dir
 from semclip.registry.code_copy import clean_code_copy, pip_requirements
-from semclip.registry.pyfunc import MODEL_ARTIFACT, SemclipPyfunc, input_example, signature
+from semclip.registry.pyfunc import MODEL_ARTIFACT, MODEL_CODE_FILE, input_example, signature
 from semclip.registry.refs import (
     CHAMPION,
     RANDOM_BACKBONE_NOTE,
     RANDOM_BACKBONE_TAG,
+    CorruptRegistryModelError,
+    MissingArtifactsError,
     ModelNotFoundError,
     ModelRef,
     parse_model_uri,
@@ -146,14 +149,16 @@ class Registry:
         if version is not None:
             try:
                 return _ref(client.get_model_version(name, version))
-            except MlflowException:
+            except MlflowException as exc:
+                self._raise_if_unreachable(exc)
                 raise ModelNotFoundError(
                     f"model {name!r} has no version {version} in {self.where()} "
                     f"(versions: {self._version_list(client, name)})"
                 ) from None
         try:
             return _ref(client.get_model_version_by_alias(name, alias))
-        except MlflowException:
+        except MlflowException as exc:
+            self._raise_if_unreachable(exc)
             hint = (
                 "run the refit flow, or set it with `semclip promote --version N`"
                 if alias == CHAMPION
@@ -184,14 +189,34 @@ class Registry:
     def _require_registered(self, client: MlflowClient, name: str) -> None:
         try:
             client.get_registered_model(name)
-        except MlflowException:
+        except MlflowException as exc:
+            self._raise_if_unreachable(exc)
             raise ModelNotFoundError(
                 f"no registered model {name!r} in {self.where()}; run the refit flow first "
                 "(it registers and promotes the first version)"
             ) from None
 
+    def _raise_if_unreachable(self, exc: BaseException) -> None:
+        """An MLflow error that is really "no connection" becomes
+        :class:`EndpointUnreachableError` naming the server: an outage (retried), not a
+        missing model. Anything else is left to the caller."""
+        if is_connection_failure(exc):
+            raise EndpointUnreachableError("the MLflow registry", self.where(), exc) from exc
+
+    @contextmanager
+    def _reaching(self) -> Iterator[None]:
+        """Calls to the server inside the block: a connection failure is named as one."""
+        try:
+            yield
+        except EndpointUnreachableError:
+            raise
+        except Exception as exc:
+            self._raise_if_unreachable(exc)
+            raise
+
     def _version_numbers(self, client: MlflowClient, name: str) -> list[int]:
-        found = client.search_model_versions(f"name = '{_quote(name)}'")
+        with self._reaching():
+            found = client.search_model_versions(f"name = '{_quote(name)}'")
         return sorted(int(v.version) for v in found)
 
     def _version_list(self, client: MlflowClient, name: str) -> str:
@@ -241,7 +266,7 @@ class Registry:
                     # MLflow runs the input example through the model while logging it.
                     info = mlflow.pyfunc.log_model(
                         name=LOGGED_MODEL_NAME,
-                        python_model=SemclipPyfunc(),
+                        python_model=str(MODEL_CODE_FILE),  # models from code: no pickle
                         artifacts={MODEL_ARTIFACT: str(model_dir)},
                         code_paths=[str(code)],
                         signature=signature(),
@@ -320,15 +345,37 @@ class Registry:
             client.set_model_version_tag(self.model_name, ref.version, key, value)
 
     # ------------------------------------------------------------------ loading
-    def local_dir(self, ref: ModelRef) -> Path:
-        """The semclip model directory of ``ref`` on this machine, downloaded once."""
-        return cached_model_dir(self.cache_dir, ref, partial(self._download, ref), self.where())
+    def local_dir(self, ref: ModelRef, *, refresh: bool = False) -> Path:
+        """The semclip model directory of ``ref`` on this machine, downloaded once.
+
+        The cached copy is checked against its recorded hashes on every call and downloaded
+        again when it fails (or with ``refresh``); see :mod:`semclip.registry.cache`.
+        """
+        return cached_model_dir(
+            self.cache_dir, ref, partial(self._download, ref), self.where(), refresh=refresh
+        )
 
     def _download(self, ref: ModelRef, dst: Path) -> Path:
-        with self._active():  # models:/ resolution ignores registry_uri= in 3.17
-            return Path(
-                mlflow.artifacts.download_artifacts(artifact_uri=ref.uri, dst_path=str(dst))
-            )
+        with self._active(), self._reaching():  # models:/ resolution ignores registry_uri=
+            try:
+                root = Path(
+                    mlflow.artifacts.download_artifacts(artifact_uri=ref.uri, dst_path=str(dst))
+                )
+            except (MlflowException, OSError) as exc:
+                if is_connection_failure(exc):
+                    raise  # named as an outage by _reaching
+                raise self._missing_artifacts(ref, f"{type(exc).__name__}: {exc}") from exc
+        if not (root / "MLmodel").is_file():  # MLflow "downloads" a deleted folder as empty
+            raise self._missing_artifacts(ref, "the download is empty, no MLmodel")
+        return root
+
+    def _missing_artifacts(self, ref: ModelRef, why: str) -> MissingArtifactsError:
+        return MissingArtifactsError(
+            f"{ref.uri} is registered in {self.where()} but its artifacts cannot be read "
+            f"from {ref.source or 'its artifact store'} ({why}); the artifact folder was "
+            f"deleted or is unreadable. Promote another version (`semclip promote --version "
+            f"N`) or register a new one (run the refit flow)"
+        )
 
     def load(
         self,
@@ -338,12 +385,24 @@ class Registry:
         """The :class:`SemclipModel` of a version or alias, named as registered.
 
         ``model.version`` becomes the registry version (what Parquet rows carry), whatever the
-        directory said when it was logged.
+        directory said when it was logged. A cached copy that cannot be loaded is dropped and
+        downloaded once more; if that fails too, :class:`CorruptRegistryModelError`.
         """
-        from semclip.artifact import load_model
+        from semclip.artifact import CorruptModelError, load_model
 
         ref = reference if isinstance(reference, ModelRef) else self.resolve(reference)
-        model = load_model(self.local_dir(ref), device=device)
+        try:  # local_dir has just checked the hashes: no second pass over the weights
+            model = load_model(self.local_dir(ref), device=device, verify=False)
+        except CorruptModelError as exc:
+            log.warning("%s: cached copy unusable, downloading again: %s", ref.uri, exc)
+            try:
+                model = load_model(self.local_dir(ref, refresh=True), device=device, verify=False)
+            except CorruptModelError as again:
+                raise CorruptRegistryModelError(
+                    f"{ref.uri} in {self.where()} cannot be loaded even freshly downloaded: "
+                    f"{again}. Promote a good version (`semclip promote --version N`) or "
+                    f"register a new one (run the refit flow)"
+                ) from again
         model.name, model.version = ref.name, ref.version
         if model.backbone.random_weights:
             log.warning(

@@ -28,6 +28,7 @@ from semclip.registry.refs import RegistryError
 
 __all__ = [
     "MODEL_ARTIFACT",
+    "MODEL_CODE_FILE",
     "SemclipPyfunc",
     "artifact_subpath",
     "input_example",
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 
 MODEL_ARTIFACT = "semclip_model"  # key of the model directory in the pyfunc artifacts
 _LOOKUP_RETRIES, _LOOKUP_TIMEOUT_S = "1", "10"  # the version lookup must not stall a load
+# Logged as the python model (MLflow models from code), so loading a version unpickles nothing.
+MODEL_CODE_FILE = Path(__file__).with_name("pyfunc_model.py")
 
 
 class SemclipPyfunc(mlflow.pyfunc.PythonModel):

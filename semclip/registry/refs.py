@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 __all__ = [
     "CHALLENGER",
     "CHAMPION",
+    "CorruptRegistryModelError",
+    "MissingArtifactsError",
     "RANDOM_BACKBONE_NOTE",
     "RANDOM_BACKBONE_TAG",
     "ModelNotFoundError",
@@ -35,6 +37,14 @@ class RegistryError(ValueError):
 
 class ModelNotFoundError(RegistryError):
     """No such registered model, version or alias."""
+
+
+class CorruptRegistryModelError(RegistryError):
+    """The registry's own copy of a version fails its file checks: re-downloading cannot help."""
+
+
+class MissingArtifactsError(RegistryError):
+    """The version is registered but its artifact folder is gone or unreadable."""
 
 
 @dataclass(frozen=True)
