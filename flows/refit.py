@@ -23,6 +23,7 @@ from semclip.registry.client import Registry
 from semclip.settings import get_settings
 from tasks.common import GPU_LIMIT, BucketRef, current_flow_run_id
 from tasks.refit import (
+    count_unlabeled_overlap,
     decide_promotion,
     evaluate_models,
     fit_candidate,
@@ -56,6 +57,7 @@ class RefitReport(BaseModel):
     n_confirmed: int
     n_support: int
     n_holdout: int
+    holdout_unlabeled_overlap: int = 0  # hold-out images in the backbone's unlabeled_images.txt
     candidate_metrics: dict[str, Any]
     champion_metrics: dict[str, Any] | None
     problems: list[str] = []
@@ -88,6 +90,7 @@ class RefitReport(BaseModel):
                 )
         lines.append(
             f"\nconfirmed {self.n_confirmed}, support {self.n_support}, hold-out {self.n_holdout}"
+            f", hold-out images the backbone adapted on: {self.holdout_unlabeled_overlap}"
         )
         if self.random_backbone:
             lines[:0] = [f"> **{RANDOM_BACKBONE_BANNER}**", ""]
@@ -139,6 +142,14 @@ def refit(
         raise RefitError(f"no confirmed shots under {bucket.url}/confirmed/: nothing to fit on")
     hashed, unreadable = hash_confirmed_shots(bucket, shots)
     split = split_confirmed_shots(hashed, fraction, cap)
+    overlap = count_unlabeled_overlap(split.holdout, backbone_name)
+    if overlap:
+        logger.warning(
+            "%d hold-out images are in %s's unlabeled_images.txt: hold-out figures lean "
+            "optimistic (adapt the backbone with the hold-out excluded)",
+            overlap,
+            backbone_name,
+        )
     champion = resolve_champion(registry)
     run_id = current_flow_run_id() or "local"
     staging = settings.home / "staging" / "refit" / run_id
@@ -179,7 +190,7 @@ def refit(
         **lineage,
     }
     version = register_candidate(
-        registry, candidate, evaluation, decision, logged_params, champion, run_id
+        registry, candidate, evaluation, decision, logged_params, champion, run_id, overlap
     )
     champion_after = update_aliases(registry, version, decision.promote)
     remove_staging(str(staging))
@@ -194,6 +205,7 @@ def refit(
         n_confirmed=len(shots),
         n_support=len(split.support),
         n_holdout=evaluation.n_holdout,
+        holdout_unlabeled_overlap=overlap,
         candidate_metrics=evaluation.candidate.to_dict(),
         champion_metrics=evaluation.champion.to_dict() if evaluation.champion else None,
         problems=[*unreadable, *candidate.skipped, *evaluation.problems],

@@ -28,6 +28,7 @@ __all__ = [
     "Candidate",
     "Evaluation",
     "SplitResult",
+    "count_unlabeled_overlap",
     "decide_promotion",
     "evaluate_models",
     "fit_candidate",
@@ -140,6 +141,17 @@ def fit_candidate(
     )
 
 
+@task(name="count_unlabeled_overlap", cache_policy=NO_CACHE)
+def count_unlabeled_overlap(holdout: list[Shot], backbone: str) -> int:
+    """Hold-out images the backbone adapted on without labels (its unlabeled_images.txt).
+
+    Should be 0: the adapt-backbone flow leaves the hold-out out of the unlabelled set.
+    """
+    from semclip.pretrain.overlap import unlabeled_hash_overlap
+
+    return len(unlabeled_hash_overlap([s.sha256 for s in holdout if s.sha256], backbone))
+
+
 @task(name="resolve_champion", **IO_RETRIES)
 def resolve_champion(registry: Registry) -> ModelRef | None:
     """The current champion, or ``None`` when there is none yet (first refit)."""
@@ -195,9 +207,11 @@ def register_candidate(
     params: dict[str, Any],
     champion: ModelRef | None,
     flow_run_id: str | None,
+    holdout_unlabeled_overlap: int = 0,
 ) -> ModelRef:
     """Log params, hold-out metrics of both models, lineage and the decision; register.
 
+    ``holdout_unlabeled_overlap``: hold-out images the backbone adapted on (metric and tag).
     No retries: a retry after a half-done registration would register a second version.
     """
     metrics: dict[str, float | None] = {
@@ -205,6 +219,7 @@ def register_candidate(
         "holdout.n_images": float(evaluation.n_holdout),
         "gate.f1_gain": decision.f1_gain,
         "gate.pixel_f1_drop": decision.pixel_f1_drop,
+        "holdout.unlabeled_overlap": float(holdout_unlabeled_overlap),
     }
     if evaluation.champion is not None:
         metrics.update(evaluation.champion.loggable("champion"))
@@ -213,6 +228,7 @@ def register_candidate(
         "semclip.backbone": candidate.backbone,
         "semclip.champion_before": champion.version if champion else "none",
         "semclip.flow_run_id": flow_run_id or "none",
+        "semclip.holdout_unlabeled_overlap": str(holdout_unlabeled_overlap),
     }
     documents = {
         "gate.json": decision.to_dict(),
