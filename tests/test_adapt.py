@@ -33,15 +33,26 @@ if TYPE_CHECKING:
 pytest_plugins = ["conftest_pipeline"]
 
 LABELS = ("good", "bridge", "particle")
-SSL_FAST = {"prototypes": 32, "head_hidden": 32, "head_bottleneck": 16}
+SSL_FAST = {"prototypes": 32, "head_hidden": 32, "head_bottleneck": 16, "local_crops": 0}
 RECIPE_FAST = {
-    "steps": 4,
-    "batch_size": 4,
+    "steps": 2,
+    "batch_size": 2,
     "warmup_steps": 1,
     "log_every": 1,
     "checkpoint_every": 2,
     "cpu_bf16": False,
 }
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Any:
+    """One torch thread: the SSL steps are tiny, and the test machine's cores are shared."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _sha(data: bytes) -> str:
@@ -114,7 +125,7 @@ def test_adapt_backbone_registers_a_challenger_with_lineage_and_no_holdout_in_ss
     monkeypatch.setenv("SEMCLIP_SUPPORT_CAP_PER_CLASS", "1")  # one cheap fit
     last = kit.RUN_DATE
     window = [last - dt.timedelta(days=d) for d in (2, 1, 0)]
-    images = _seed_nights(kit, pipeline_env, window, per_night=8)
+    images = _seed_nights(kit, pipeline_env, window, per_night=6)
     old = kit.synth_png("good", 0, seed=77)  # a night outside the window: never read
     pipeline_env.fs.pipe_file(f"{pipeline_env.root}/raw/2026-10-01/LOT7/W03/D0001.png", old)
     hashes = {_sha(data) for data in images.values()}
