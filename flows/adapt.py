@@ -29,6 +29,10 @@ from tasks.refit import hash_confirmed_shots, load_confirmed_shots, split_confir
 __all__ = ["MAX_NIGHTS", "AdaptParams", "AdaptReport", "adapt_backbone_flow"]
 
 MAX_NIGHTS = 366  # a longer window is almost surely a typo
+# PretrainConfig fields the flow sets itself (from the champion, or its own parameters).
+_SET_BY_THE_FLOW = frozenset(
+    {"model", "pretrained", "ssl", "ssl_only", "lock_text", "databar_top", "databar_bottom"}
+)
 
 
 class AdaptParams(BaseModel):
@@ -70,14 +74,15 @@ class AdaptParams(BaseModel):
             else parse_run_date(end_date, "end_date")
         )
         for given, config, locked in (
-            (recipe or {}, PretrainConfig, {"model", "pretrained", "ssl", "ssl_only"}),
+            (recipe or {}, PretrainConfig, _SET_BY_THE_FLOW),
             (ssl or {}, SSLConfig, set()),
         ):
             unknown = (set(given) - {f.name for f in fields(config)}) | (set(given) & locked)
             if unknown:
                 raise ValueError(
                     f"{config.__name__} has no settable field(s) {sorted(unknown)} "
-                    f"(model and pretrained come from the champion)"
+                    "(model and pretrained come from the champion, the databar from "
+                    "databar_top/databar_bottom)"
                 )
         return cls(
             first=last - dt.timedelta(days=nights - 1),

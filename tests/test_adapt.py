@@ -168,3 +168,20 @@ def test_adapt_backbone_registers_a_challenger_with_lineage_and_no_holdout_in_ss
     assert tags["semclip.adapt.parent_random_weights"] == "True"  # the template is random
     kept = registry.local_dir(registry.resolve("2")) / "backbone" / "unlabeled_images.txt"
     assert set(kept.read_text().split()) == used  # the version itself keeps the list
+
+
+def test_adapt_params_window_and_rejected_overrides() -> None:
+    from flows.adapt import AdaptParams
+
+    params = AdaptParams.build(30, "2026-11-30", "UTC", {"steps": 40}, {"max_images": 9})
+    assert (params.first, params.last, params.nights) == (
+        dt.date(2026, 11, 1),
+        dt.date(2026, 11, 30),
+        30,
+    )
+    with pytest.raises(ValueError, match="'model'"):
+        AdaptParams.build(3, "2026-11-30", "UTC", {"model": "ViT-B-16"}, None)
+    with pytest.raises(ValueError, match="'stepz'"):
+        AdaptParams.build(3, "2026-11-30", "UTC", {"stepz": 1}, None)
+    with pytest.raises(ValueError, match="nights"):
+        AdaptParams.build(0, None, "UTC", None, None)
