@@ -22,6 +22,7 @@ from semclip.settings import get_settings
 from tasks.common import GPU_LIMIT, BucketRef, current_flow_run_id, hold_slot
 from tasks.refit import (
     choose_refit_backbone,
+    count_unlabeled_overlap,
     decide_promotion,
     drop_conflicting_shots,
     evaluate_models,
@@ -57,6 +58,7 @@ class RefitReport(BaseModel):
     n_confirmed: int
     n_support: int
     n_holdout: int
+    holdout_unlabeled_overlap: int = 0  # hold-out images in the backbone's unlabeled_images.txt
     candidate_metrics: dict[str, Any]
     champion_metrics: dict[str, Any] | None
     problems: list[str] = []
@@ -98,6 +100,7 @@ class RefitReport(BaseModel):
                 )
         lines.append(
             f"\nconfirmed {self.n_confirmed}, support {self.n_support}, hold-out {self.n_holdout}"
+            f", hold-out images the backbone adapted on: {self.holdout_unlabeled_overlap}"
         )
         lines += [
             "",
@@ -183,6 +186,14 @@ def refit(
     hashed, unreadable = hash_confirmed_shots(bucket, shots)
     hashed, conflicts = drop_conflicting_shots(hashed)
     split = split_confirmed_shots(hashed, fraction, cap)
+    overlap = count_unlabeled_overlap(split.holdout, chosen.name)
+    if overlap:
+        logger.warning(
+            "%d hold-out images are in %s's unlabeled_images.txt: hold-out figures lean "
+            "optimistic (adapt the backbone with the hold-out excluded)",
+            overlap,
+            chosen.name,
+        )
     run_id = current_flow_run_id() or "local"
     staging = settings.home / "staging" / "refit" / run_id
     commit = resolve_code_commit(settings.git_commit)
@@ -241,7 +252,15 @@ def refit(
         **lineage,
     }
     version = register_candidate(
-        registry, candidate, evaluation, decision, logged_params, champion, run_id, commit
+        registry,
+        candidate,
+        evaluation,
+        decision,
+        logged_params,
+        champion,
+        run_id,
+        git_commit=commit,
+        holdout_unlabeled_overlap=overlap,
     )
     champion_after = update_aliases(registry, version, decision.promote)
     remove_staging(str(staging))
@@ -256,6 +275,7 @@ def refit(
         n_confirmed=len(shots),
         n_support=sum(candidate.shots_per_class.values()),  # shots fitted on, not selected
         n_holdout=evaluation.n_holdout,
+        holdout_unlabeled_overlap=overlap,
         candidate_metrics=evaluation.candidate.to_dict(),
         champion_metrics=evaluation.champion.to_dict() if evaluation.champion else None,
         problems=[*unreadable, *candidate.skipped, *evaluation.problems],

@@ -222,6 +222,19 @@ def _missing(path: Path, name: str) -> str:
     )
 
 
+def backbone_source(path: str | os.PathLike) -> tuple[str, str | None]:
+    """``(name, pretrained)`` that loads the backbone a model directory was fitted with.
+
+    A self-contained directory gives its own ``local-dir:<path>/backbone`` folder (what
+    continued pretraining starts from); a pointer gives the name and tag/file it names.
+    """
+    path = Path(path)
+    info = read_meta(path)["backbone"]
+    if info.get("dir"):
+        return f"{LOCAL_DIR_PREFIX}{(path / info['dir']).resolve()}", None
+    return info["name"], info.get("pretrained")
+
+
 def read_meta(path: Path) -> dict[str, Any]:
     """model.json after format checks."""
     meta_path = path / MODEL_FILE

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import socket
 import urllib.request
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ TINY_MODEL = "semclip-tiny"
 LOCAL_DIR_PREFIX = "local-dir:"
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
+# Hash lists a pretrained folder carries (semclip.pretrain.overlap writes and reads them).
+IMAGE_LISTS = ("seen_images.txt", "unlabeled_images.txt")
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 NONE_WORDS = frozenset({"none", "null", "random", ""})  # --pretrained values meaning random weights
 OFFLINE_BACKBONE_DIR = "backbones/semclip-sem-small"  # under $SEMCLIP_HOME; `make backbone`
@@ -344,7 +347,9 @@ def _first_line(exc: BaseException) -> str:
 def save_backbone_dir(backbone: Backbone, folder: str | os.PathLike) -> str:
     """Write the backbone as an open_clip `local-dir:` folder; returns the weights' sha256.
 
-    Used to make model artifacts self-contained (no hub needed to serve them).
+    Used to make model artifacts self-contained (no hub needed to serve them). A backbone
+    loaded from a `local-dir:` folder keeps that folder's image lists (`IMAGE_LISTS`), so a
+    model version still knows which images its backbone was pretrained or adapted on.
     """
     from safetensors.torch import save_file
 
@@ -352,6 +357,11 @@ def save_backbone_dir(backbone: Backbone, folder: str | os.PathLike) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     config = {"model_cfg": backbone.model_cfg, "preprocess_cfg": backbone.preprocess_cfg}
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+    if backbone.name.startswith(LOCAL_DIR_PREFIX):
+        source = Path(backbone.name[len(LOCAL_DIR_PREFIX) :]).expanduser()
+        for name in IMAGE_LISTS:
+            if (source / name).is_file() and source.resolve() != folder.resolve():
+                shutil.copyfile(source / name, folder / name)
     state = {k: v.detach().to("cpu").contiguous() for k, v in backbone.model.state_dict().items()}
     save_file(state, str(folder / WEIGHTS_FILE))
     return file_sha256(folder / WEIGHTS_FILE)

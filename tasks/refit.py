@@ -40,6 +40,7 @@ __all__ = [
     "Evaluation",
     "SplitResult",
     "choose_refit_backbone",
+    "count_unlabeled_overlap",
     "decide_promotion",
     "drop_conflicting_shots",
     "evaluate_models",
@@ -213,6 +214,17 @@ def fit_candidate(
     )
 
 
+@task(name="count_unlabeled_overlap", cache_policy=NO_CACHE)
+def count_unlabeled_overlap(holdout: list[Shot], backbone: str) -> int:
+    """Hold-out images the backbone adapted on without labels (its unlabeled_images.txt).
+
+    Should be 0: the adapt-backbone flow leaves the hold-out out of the unlabelled set.
+    """
+    from semclip.pretrain.overlap import unlabeled_hash_overlap
+
+    return len(unlabeled_hash_overlap([s.sha256 for s in holdout if s.sha256], backbone))
+
+
 @task(name="resolve_champion", **IO_RETRIES)
 def resolve_champion(registry: Registry) -> ModelRef | None:
     """The current champion, or ``None`` when there is none yet (first refit)."""
@@ -277,10 +289,12 @@ def register_candidate(
     champion: ModelRef | None,
     flow_run_id: str | None,
     git_commit: str = UNKNOWN_COMMIT,
+    holdout_unlabeled_overlap: int = 0,
 ) -> ModelRef:
     """Log params, hold-out metrics of both models, lineage, the decision and the support
     and hold-out sets as datasets; register with a description.
 
+    ``holdout_unlabeled_overlap``: hold-out images the backbone adapted on (metric and tag).
     No retries: a retry after a half-done registration would register a second version.
     """
     metrics: dict[str, float | None] = {
@@ -291,6 +305,7 @@ def register_candidate(
         "gate.f1_gain_lower": decision.f1_gain_lower,
         "gate.n_resamples": float(decision.n_resamples),
         "gate.pixel_f1_drop": decision.pixel_f1_drop,
+        "holdout.unlabeled_overlap": float(holdout_unlabeled_overlap),
     }
     if evaluation.champion is not None:
         metrics.update(evaluation.champion.loggable("champion"))
@@ -301,6 +316,7 @@ def register_candidate(
         "semclip.flow_run_id": flow_run_id or "none",
         "semclip.git_commit": git_commit,
         "mlflow.source.git.commit": git_commit,  # what the MLflow UI shows as the source
+        "semclip.holdout_unlabeled_overlap": str(holdout_unlabeled_overlap),
     }
     documents = {
         "gate.json": decision.to_dict(),

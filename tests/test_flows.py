@@ -18,6 +18,7 @@ import pyarrow as pa
 import pytest
 import yaml
 
+from flows.adapt import adapt_backbone_flow
 from flows.backfill import backfill
 from flows.nightly import NightlyReport, nightly_inference
 from flows.params import BackfillParams, NightlyParams
@@ -564,10 +565,10 @@ def test_refit_with_no_backbone_and_no_champion_fails_in_seconds(
 # --------------------------------------------------------------------------- deployments
 
 
-def test_prefect_yaml_declares_the_three_deployments() -> None:
+def test_prefect_yaml_declares_the_four_deployments() -> None:
     spec = yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text())
     deployments = {d["name"]: d for d in spec["deployments"]}
-    assert set(deployments) == {"nightly", "weekly", "backfill"}
+    assert set(deployments) == {"nightly", "weekly", "monthly", "backfill"}
     nightly = deployments["nightly"]
     assert nightly["entrypoint"] == "flows/nightly.py:nightly_inference"
     assert nightly["schedules"][0]["timezone"] == spec["definitions"]["fab_timezone"]
@@ -578,6 +579,11 @@ def test_prefect_yaml_declares_the_three_deployments() -> None:
     assert deployments["weekly"]["entrypoint"] == "flows/refit.py:refit"
     assert deployments["weekly"]["schedules"][0]["timezone"]
     assert deployments["backfill"]["entrypoint"] == "flows/backfill.py:backfill"
+    monthly = deployments["monthly"]  # adapt-backbone/monthly
+    assert monthly["entrypoint"] == "flows/adapt.py:adapt_backbone_flow"
+    assert monthly["schedules"][0]["timezone"] == spec["definitions"]["fab_timezone"]
+    assert monthly["parameters"] == {"nights": 30}
+    assert adapt_backbone_flow.name == "adapt-backbone"
     for d in deployments.values():
         assert d["work_pool"]["name"] == "semclip"
         module, name = d["entrypoint"].split(":")

@@ -51,6 +51,20 @@ def read_unlabeled_images(backbone_dir: str | os.PathLike) -> set[str]:
     return read_seen_images(backbone_dir, UNLABELED_IMAGES)
 
 
+def unlabeled_hash_overlap(hashes: Iterable[str], backbone: str | os.PathLike) -> set[str]:
+    """The given sha256 hashes that `backbone` adapted on without labels (cf. unlabeled_overlap,
+    which hashes files).
+
+    What a refit's gate reports for its hold-out: each one is an evaluation image the
+    backbone has seen (transductively), so the hold-out figures lean optimistic. Empty for a
+    backbone with no `unlabeled_images.txt` (hub weights, a plain `local-dir:` folder).
+    """
+    text = os.fspath(backbone)
+    if not text.startswith(LOCAL_DIR_PREFIX) and not Path(text).is_dir():
+        return set()  # an open_clip name: no image lists to read
+    return {h.lower() for h in hashes} & read_unlabeled_images(backbone)
+
+
 def inherited_images(model: str, pretrained: str | None) -> dict[str, set[str]]:
     """What the starting weights already saw: {SEEN_IMAGES: …, UNLABELED_IMAGES: …}.
 

@@ -15,7 +15,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
@@ -120,6 +120,7 @@ def pretrain(
     dates: DateRange | None = None,
     zeroshot_data: str | os.PathLike | None = None,
     probe_data: str | os.PathLike | None = None,
+    exclude_hashes: Collection[str] = frozenset(),
 ) -> PretrainResult:
     """Pretrain (or resume pretraining) and write the backbone folder when all steps are done.
 
@@ -134,7 +135,9 @@ def pretrain(
     the text tower. Without `data` it is the only term: no labelled or synthetic archive, and
     the zero-shot check runs on `zeroshot_data` (a labelled manifest folder) when given, else
     is not measured. `probe_data` (default: the zero-shot set, in SSL runs) gets the kNN patch
-    AUROC and [CLS] linear probe before and after.
+    AUROC and [CLS] linear probe before and after. `exclude_hashes` (sha256 of image bytes)
+    are never used as unlabelled images: pass the hold-out of the evaluation that will judge
+    the backbone (the refit's hold-out lives in raw/ too).
     """
     device = torch.device(device) if device is not None else default_device()
     work = Path(work_dir)
@@ -163,6 +166,7 @@ def pretrain(
             preload_max_gb=config.preload_max_gb,
             workers=config.num_workers,
             progress=progress,
+            exclude_hashes=exclude_hashes,
         )
     ssl = _self_distillation(towers, config, device) if pool else None
     optimizer = build_optimizer(

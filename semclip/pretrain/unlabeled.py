@@ -12,8 +12,11 @@
 
 Images are decoded as the pipeline decodes them (`semclip.data.read_image`: 8/16-bit, TIFF,
 JPEG, RGB → gray). A file that is missing, empty or unreadable is skipped and counted per
-reason, with the first few named; byte-identical duplicates are used once. Nothing here is
-fatal except a source with no usable image at all.
+reason, with the first few named; byte-identical duplicates are used once. Images whose sha256
+is in `exclude_hashes` (e.g. a refit's hold-out, which lives in raw/ too) are left out and
+counted apart (`source["excluded"]`): a backbone adapted on an evaluation image without its
+label would make that evaluation optimistic. Nothing here is fatal except a source with no
+usable image at all.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import io
 import logging
 import re
 from collections import Counter
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -145,12 +149,15 @@ def load_unlabeled(
     preload_max_gb: float = 2.0,
     workers: int = 0,
     progress: bool = True,
+    exclude_hashes: Collection[str] = frozenset(),
 ) -> UnlabeledSet:
     """List, fetch (remote), hash and decode the unlabelled images at `uri`.
 
     `databar` None reads it from a `synth.json` at the source (synthetic data), else crops
-    nothing. Raises FileNotFoundError for a missing folder, BucketNotFoundError for a missing
-    bucket, ValueError for `--dates` without date folders or when no image is usable.
+    nothing. Files whose sha256 (hex, any case) is in `exclude_hashes` are not used; their
+    count is `source["excluded"]`. Raises FileNotFoundError for a missing folder,
+    BucketNotFoundError for a missing bucket, ValueError for `--dates` without date folders
+    or when no image is usable.
     """
     listing = _list_source(uri, dates, work_dir, endpoint_url, progress)
     crop = databar if databar is not None else listing.databar
@@ -161,12 +168,16 @@ def load_unlabeled(
     out = UnlabeledSet((), size, crop, listing.source)
     skipped: list[tuple[str, str]] = list(listing.missing)
     preload = len(files) * size * size * 2 <= preload_max_gb * 2**30
-    images, pixels, seen = [], [], set()
+    excluded = {h.strip().lower() for h in exclude_hashes}
+    images, pixels, seen, n_excluded = [], [], set(), 0
     for (path, src), result in zip(files, _decode_all(out, files, workers, progress), strict=True):
         if isinstance(result, str):
             skipped.append((src, result))
             continue
         sha, tensor = result
+        if sha in excluded:
+            n_excluded += 1
+            continue
         if sha in seen:
             skipped.append((src, "duplicate"))
             continue
@@ -179,6 +190,9 @@ def load_unlabeled(
     out.skipped = dict(sorted(Counter(reason.split(":")[0] for _, reason in skipped).items()))
     out.skipped_examples = [f"{u}: {r}" for u, r in skipped[:EXAMPLES]]
     out.source["files_listed"] = len(listing.files) + len(listing.missing)
+    out.source["excluded"] = n_excluded
+    if n_excluded:
+        log.info("unlabelled images: %d left out by hash (exclude_hashes)", n_excluded)
     if skipped:
         log.warning(
             "unlabelled images: %d skipped (%s), e.g. %s",
@@ -187,7 +201,10 @@ def load_unlabeled(
             "; ".join(out.skipped_examples[:3]),
         )
     if not images:
-        raise ValueError(f"no usable image at {uri} (dates {dates or 'all'}): {out.skipped}")
+        raise ValueError(
+            f"no usable image at {uri} (dates {dates or 'all'}): {out.skipped}, "
+            f"{n_excluded} excluded by hash"
+        )
     log.info("unlabelled images: %d used from %s", len(images), listing.source["uri"])
     return out
 

@@ -36,6 +36,7 @@ from semclip.registry.refs import (
     MissingArtifactsError,
     ModelNotFoundError,
     ModelRef,
+    RegistryError,
     parse_model_uri,
 )
 
@@ -343,6 +344,37 @@ class Registry:
         client = self.client()
         for key, value in tags.items():
             client.set_model_version_tag(self.model_name, ref.version, key, value)
+
+    def annotate(
+        self,
+        ref: ModelRef,
+        *,
+        params: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, float] | None = None,
+        tags: Mapping[str, str] | None = None,
+        documents: Mapping[str, Any] | None = None,
+        texts: Mapping[str, str] | None = None,
+    ) -> ModelRef:
+        """Add params, metrics, tags and artifacts to a registered version's run (and tags to
+        the version itself): what a flow that wraps the refit (adapt-backbone) knows about a
+        version besides what the refit logged. ``params`` are flattened as in log_version and
+        must not repeat a key the run has already logged (MLflow params are write-once).
+        """
+        if ref.run_id is None:
+            raise RegistryError(f"{ref.uri} has no MLflow run to annotate")
+        client = self.client()
+        for key, value in _flatten(params or {}).items():
+            client.log_param(ref.run_id, key, value)
+        for key, value in (metrics or {}).items():
+            client.log_metric(ref.run_id, key, float(value))
+        for key, value in (tags or {}).items():
+            client.set_tag(ref.run_id, key, value)
+            client.set_model_version_tag(self.model_name, ref.version, key, value)
+        for name, document in (documents or {}).items():
+            client.log_dict(ref.run_id, document, name)
+        for name, text in (texts or {}).items():
+            client.log_text(ref.run_id, text, name)
+        return _ref(client.get_model_version(self.model_name, ref.version))
 
     # ------------------------------------------------------------------ loading
     def local_dir(self, ref: ModelRef, *, refresh: bool = False) -> Path:
