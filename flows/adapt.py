@@ -14,7 +14,6 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.concurrency.sync import concurrency
 from pydantic import BaseModel, ConfigDict, Field
 
 from flows.params import parse_run_date, today_in
@@ -23,8 +22,13 @@ from semclip.refit.shots import RefitError
 from semclip.registry.client import Registry
 from semclip.settings import get_settings
 from tasks.adapt import adapt_backbone, record_adapt_lineage, resolve_parent_backbone
-from tasks.common import GPU_LIMIT, BucketRef, current_flow_run_id
-from tasks.refit import hash_confirmed_shots, load_confirmed_shots, split_confirmed_shots
+from tasks.common import GPU_LIMIT, BucketRef, current_flow_run_id, hold_slot
+from tasks.refit import (
+    drop_conflicting_shots,
+    hash_confirmed_shots,
+    load_confirmed_shots,
+    split_confirmed_shots,
+)
 
 __all__ = ["MAX_NIGHTS", "AdaptParams", "AdaptReport", "adapt_backbone_flow"]
 
@@ -158,14 +162,20 @@ def adapt_backbone_flow(
             "its figures are a plumbing check (tag semclip.adapt.parent_random_weights)",
             parent.version,
         )
-    shots = load_confirmed_shots(bucket)
+    shots = load_confirmed_shots(bucket).shots
     if not shots:
         raise RefitError(f"no confirmed shots under {bucket.url}/confirmed/: nothing to fit on")
     hashed, _ = hash_confirmed_shots(bucket, shots)
+    hashed, _ = drop_conflicting_shots(hashed)  # as the refit does: the same hold-out
     split = split_confirmed_shots(hashed, settings.holdout_fraction, settings.support_cap_per_class)
     holdout = sorted({s.sha256 for s in split.holdout if s.sha256})
     run_id = current_flow_run_id() or "local"
-    with concurrency(GPU_LIMIT, occupy=1, strict=True):
+    with hold_slot(
+        GPU_LIMIT,
+        lease_s=settings.slot_lease_s,
+        timeout_s=settings.slot_timeout_s,
+        flow_run_id=current_flow_run_id(),
+    ):
         adapted = adapt_backbone(
             bucket,
             parent,
