@@ -13,9 +13,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 from collections.abc import Iterator
 
 log = logging.getLogger(__name__)
+
+
+def _free_port() -> int:
+    """A loopback port nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 @contextlib.contextmanager
@@ -34,7 +42,9 @@ def local_server() -> Iterator[str | None]:
     from semclip.settings import get_settings
 
     timeout = get_settings().prefect_startup_timeout_s
-    server = SubprocessASGIServer()
+    # Prefect keeps one server object per port: without a port of our own we would get (and
+    # later stop) the temporary server some other code in this process already started.
+    server = SubprocessASGIServer(port=_free_port())
     log.info("starting a local Prefect server (waiting up to %d s for it)", timeout)
     server.start(timeout=timeout)
     try:

@@ -21,7 +21,7 @@ def test_local_server_waits_with_the_configured_timeout(
 
     def fake_start(self: prefect_server.SubprocessASGIServer, timeout: int | None = None) -> None:
         seen["timeout"] = timeout
-        self.port = 4999
+        seen["port"] = self.port  # a port of its own, never a shared temporary server
 
     monkeypatch.setattr(prefect_server.SubprocessASGIServer, "start", fake_start)
     monkeypatch.setattr(prefect_server.SubprocessASGIServer, "stop", lambda self: None)
@@ -30,9 +30,9 @@ def test_local_server_waits_with_the_configured_timeout(
     from prefect.settings import temporary_settings
 
     with temporary_settings(updates={PREFECT_API_URL: None}), local_server() as url:
-        assert url == "http://127.0.0.1:4999/api"
+        assert url == f"http://127.0.0.1:{seen['port']}/api"
         assert PREFECT_API_URL.value() == url
-    assert seen["timeout"] == 240
+    assert seen["timeout"] == 240 and seen["port"] is not None
 
 
 @pytest.mark.slow
