@@ -237,3 +237,13 @@ def test_fit_takes_its_backbone_from_the_settings(
     assert fit(synth_dir, tmp_path / "m", "--shots", "1", "--no-augment") == 0
     backbone = load_model(tmp_path / "m").backbone
     assert backbone.name == "semclip-tiny" and backbone.random_weights
+
+
+def test_fit_crops_the_databar_synth_json_records(model_dir: Path, synth_dir: Path) -> None:
+    """Like eval, fit takes the databar from a synthetic set's synth.json unless told."""
+    import json
+
+    info = json.loads((synth_dir / "synth.json").read_text())
+    assert info["databar"] == "bottom" and info["databar_rows"] > 0
+    crop = load_model(model_dir, device="cpu").preprocess.databar
+    assert (crop.top, crop.bottom) == (0, info["databar_rows"])

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+from pathlib import Path
 
 from tqdm import tqdm
 
@@ -39,13 +41,31 @@ def add_backbone_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_databar_options(parser: argparse.ArgumentParser) -> None:
-    """Rows of text databar cropped before the model sees an image."""
-    parser.add_argument("--databar-top", type=int, default=0, help="rows cropped at the top")
-    parser.add_argument("--databar-bottom", type=int, default=0, help="rows cropped at the bottom")
+    """Rows of text databar cropped before the model sees an image (default: synth.json's)."""
+    parser.add_argument(
+        "--databar-top",
+        type=int,
+        default=None,
+        help="rows cropped at the top (default: synth.json)",
+    )
+    parser.add_argument(
+        "--databar-bottom",
+        type=int,
+        default=None,
+        help="rows cropped at the bottom (default: synth.json's databar, else 0)",
+    )
 
 
-def databar_from(args: argparse.Namespace) -> DatabarCrop:
-    return DatabarCrop(top=args.databar_top, bottom=args.databar_bottom)
+def databar_for(data: str | Path, top: int | None, bottom: int | None) -> DatabarCrop:
+    """Explicit rows win; otherwise the databar a `semclip synth` set records in synth.json."""
+    if top is not None or bottom is not None:
+        return DatabarCrop(top=top or 0, bottom=bottom or 0)
+    meta = Path(data) / "synth.json"
+    if not meta.is_file():
+        return DatabarCrop()
+    info = json.loads(meta.read_text())
+    rows, side = int(info.get("databar_rows", 0)), info.get("databar", "none")
+    return DatabarCrop(top=rows if side == "top" else 0, bottom=rows if side == "bottom" else 0)
 
 
 def fill_backbone_defaults(args: argparse.Namespace) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from functools import partial
 from pathlib import Path
@@ -13,9 +12,14 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from semclip.backbone import LOCAL_DIR_PREFIX
 from semclip.cli.commands import summary
-from semclip.cli.common import add_backbone_options, backbone_from, fill_backbone_defaults
+from semclip.cli.common import (
+    add_backbone_options,
+    backbone_from,
+    databar_for,
+    fill_backbone_defaults,
+)
 from semclip.config import FitConfig
-from semclip.data import DatabarCrop, Dataset, load_dataset
+from semclip.data import Dataset, load_dataset
 from semclip.eval import ORDER, EvalConfig, resolve_methods, run_evaluation, write_report
 from semclip.pretrain.overlap import (
     UNLABELED_IMAGES,
@@ -95,18 +99,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_backbone_options(parser)
     parser.set_defaults(func=run)
-
-
-def databar_for(data: str | Path, top: int | None, bottom: int | None) -> DatabarCrop:
-    """Explicit rows win; otherwise the databar a `semclip synth` set records in synth.json."""
-    if top is not None or bottom is not None:
-        return DatabarCrop(top=top or 0, bottom=bottom or 0)
-    meta = Path(data) / "synth.json"
-    if not meta.is_file():
-        return DatabarCrop()
-    info = json.loads(meta.read_text())
-    rows, side = int(info.get("databar_rows", 0)), info.get("databar", "none")
-    return DatabarCrop(top=rows if side == "top" else 0, bottom=rows if side == "bottom" else 0)
 
 
 def check_pretrain_overlap(backbone: str, dataset: Dataset, *, allow: bool) -> None:

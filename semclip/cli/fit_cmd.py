@@ -11,7 +11,7 @@ from semclip.cli.common import (
     add_backbone_options,
     add_databar_options,
     backbone_from,
-    databar_from,
+    databar_for,
     progress_bar,
 )
 from semclip.config import FitConfig
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
             support,
             config=config,
             prompts=load_prompts(args.prompts),
-            databar=databar_from(args),
+            databar=databar_for(args.data, args.databar_top, args.databar_bottom),
             name=args.name,
             progress=bar.update,
         )
