@@ -14,6 +14,7 @@ from semclip.backbone import LOCAL_DIR_PREFIX
 from semclip.cli.commands import summary
 from semclip.cli.common import (
     add_backbone_options,
+    add_databar_options,
     backbone_from,
     databar_for,
     fill_backbone_defaults,
@@ -72,18 +73,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=("semclip",),
         help=f"comma-separated methods or 'all' ({', '.join(ORDER)}); default semclip",
     )
-    parser.add_argument(
-        "--databar-top",
-        type=int,
-        default=None,
-        help="rows cropped at the top (default: synth.json)",
-    )
-    parser.add_argument(
-        "--databar-bottom",
-        type=int,
-        default=None,
-        help="rows cropped at the bottom (default: synth.json's databar, else 0)",
-    )
+    add_databar_options(parser)
     parser.add_argument("--prompts", default=None, help="prompt YAML (default: packaged)")
     parser.add_argument("--no-augment", action="store_true", help="fit without the 8 flips")
     parser.add_argument("--batch-size", type=int, default=16, help="images per batch (16)")
