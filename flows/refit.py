@@ -211,59 +211,66 @@ def refit(
         "normalised_labels": confirmed.normalised_labels,
         "label_conflicts": [c.to_dict() for c in conflicts],
     }
-    with hold_slot(
-        GPU_LIMIT,
-        lease_s=settings.slot_lease_s,
-        timeout_s=settings.slot_timeout_s,
-        flow_run_id=current_flow_run_id(),
-    ):
-        candidate = fit_candidate(
-            bucket,
-            split.support,
-            backbone=chosen,
-            fit_config=params.fit_config().to_dict(),
-            databar={"top": params.databar_top, "bottom": params.databar_bottom},
-            model_name=registry.model_name,
-            out_dir=str(staging / "model"),
-            lineage={**lineage, **inputs},
-            device=params.device,
-            path_regex=settings.path_regex,
+    # The candidate's local copy goes whatever happens: MLflow holds it once registered,
+    # and a failed run (a fit error, an MLflow outage at registration) must not leave
+    # a model folder behind in the worker's home for every retry.
+    try:
+        with hold_slot(
+            GPU_LIMIT,
+            lease_s=settings.slot_lease_s,
+            timeout_s=settings.slot_timeout_s,
+            flow_run_id=current_flow_run_id(),
+        ):
+            candidate = fit_candidate(
+                bucket,
+                split.support,
+                backbone=chosen,
+                fit_config=params.fit_config().to_dict(),
+                databar={"top": params.databar_top, "bottom": params.databar_bottom},
+                model_name=registry.model_name,
+                out_dir=str(staging / "model"),
+                lineage={**lineage, **inputs},
+                device=params.device,
+                path_regex=settings.path_regex,
+            )
+            evaluation = evaluate_models(
+                bucket, split.holdout, candidate.model_dir, registry, champion
+            )
+        if candidate.random_backbone:
+            logger.warning(RANDOM_BACKBONE_BANNER)
+        decision = decide_promotion(evaluation, champion is not None, gate_config)
+        logged_params = {
+            "backbone": chosen.recorded_name or chosen.name,
+            "pretrained": chosen.recorded_pretrained
+            if chosen.source == "champion"
+            else chosen.pretrained,
+            "backbone_source": chosen.describe(),
+            "fit": params.fit_config().to_dict(),
+            "databar": {"top": params.databar_top, "bottom": params.databar_bottom},
+            "gate": {
+                "min_f1_gain": gate_config.min_f1_gain,
+                "max_pixel_f1_drop": gate_config.max_pixel_f1_drop,
+                "min_holdout_per_class": gate_config.min_holdout_per_class,
+                "n_resamples": gate_config.n_resamples,
+                "confidence": gate_config.confidence,
+                "seed": gate_config.seed,
+            },
+            **lineage,
+        }
+        version = register_candidate(
+            registry,
+            candidate,
+            evaluation,
+            decision,
+            logged_params,
+            champion,
+            run_id,
+            git_commit=commit,
+            holdout_unlabeled_overlap=overlap,
         )
-        evaluation = evaluate_models(bucket, split.holdout, candidate.model_dir, registry, champion)
-    if candidate.random_backbone:
-        logger.warning(RANDOM_BACKBONE_BANNER)
-    decision = decide_promotion(evaluation, champion is not None, gate_config)
-    logged_params = {
-        "backbone": chosen.recorded_name or chosen.name,
-        "pretrained": chosen.recorded_pretrained
-        if chosen.source == "champion"
-        else chosen.pretrained,
-        "backbone_source": chosen.describe(),
-        "fit": params.fit_config().to_dict(),
-        "databar": {"top": params.databar_top, "bottom": params.databar_bottom},
-        "gate": {
-            "min_f1_gain": gate_config.min_f1_gain,
-            "max_pixel_f1_drop": gate_config.max_pixel_f1_drop,
-            "min_holdout_per_class": gate_config.min_holdout_per_class,
-            "n_resamples": gate_config.n_resamples,
-            "confidence": gate_config.confidence,
-            "seed": gate_config.seed,
-        },
-        **lineage,
-    }
-    version = register_candidate(
-        registry,
-        candidate,
-        evaluation,
-        decision,
-        logged_params,
-        champion,
-        run_id,
-        git_commit=commit,
-        holdout_unlabeled_overlap=overlap,
-    )
-    champion_after = update_aliases(registry, version, decision.promote)
-    remove_staging(str(staging))
+        champion_after = update_aliases(registry, version, decision.promote)
+    finally:
+        remove_staging(str(staging))
     report = RefitReport(
         version=version.version,
         promoted=decision.promote,

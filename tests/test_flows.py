@@ -669,3 +669,54 @@ def test_io_tasks_retry_only_transient_errors(error: Exception, retry: bool) -> 
     from tasks.common import retry_on_transient
 
     assert retry_on_transient(None, None, Failed(data=error)) is retry  # type: ignore[arg-type]
+
+
+def test_a_failed_refit_leaves_no_staging_and_n_support_counts_only_fitted_shots(
+    kit: Kit, pipeline_env: PipelineEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 10 item 11: a refit that fails after fitting (MLflow down at registration) removes
+    its local model folder; a support shot that cannot be decoded is reported and not counted
+    in ``n_support``."""
+    from prefect import task
+
+    import flows.refit as refit_flow
+    from semclip.refit.split import is_holdout
+    from semclip.settings import get_settings
+
+    monkeypatch.setenv("SEMCLIP_SUPPORT_CAP_PER_CLASS", "1")
+    fs, root = pipeline_env.fs, pipeline_env.root
+    kit.write_confirmed(fs, root, {"good": 3, "bridge": 3, "scratch": 3})
+    # The newest bridge shot, on the train side of the split, is a truncated PNG: it is
+    # selected for the support (newest first, cap 1) and fails to decode at fit time.
+    whole = kit.synth_png("bridge", 7)
+    fraction = get_settings().holdout_fraction
+    cut = next(
+        n
+        for n in range(len(whole) // 2, len(whole))
+        if not is_holdout(hashlib.sha256(whole[:n]).hexdigest(), fraction)
+    )
+    fs.pipe_file(f"{root}/confirmed/img/cut.png", whole[:cut])
+    fs.pipe_file(
+        f"{root}/confirmed/late.csv",
+        b"image_uri,label,mask_uri,confirmed_at,reviewer\n"
+        b"confirmed/img/cut.png,bridge,,2026-11-30T00:00:00+00:00,t\n",
+    )
+    staging = pipeline_env.home / "staging" / "refit"
+
+    @task(name="register_candidate")
+    def mlflow_down(*args: Any, **kwargs: Any) -> Any:
+        raise ConnectionError("MLflow at http://mlflow:5000 unreachable (injected)")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(refit_flow, "register_candidate", mlflow_down)
+        message = _failure(refit(fit=kit.FAST_FIT, return_state=True))
+    assert "unreachable (injected)" in message
+    assert not staging.exists() or not any(staging.iterdir()), list(staging.rglob("*"))
+
+    report = refit(fit=kit.FAST_FIT)
+
+    assert any("cut.png" in p for p in report.problems), report.problems
+    fitted = pipeline_env.registry.load(report.version)
+    assert report.n_support == 2 == len(fitted.lineage["support"])  # good + scratch only
+    assert "cut.png" not in str(fitted.lineage["support"])
+    assert not staging.exists() or not any(staging.iterdir())
