@@ -247,3 +247,20 @@ def test_fit_crops_the_databar_synth_json_records(model_dir: Path, synth_dir: Pa
     assert info["databar"] == "bottom" and info["databar_rows"] > 0
     crop = load_model(model_dir, device="cpu").preprocess.databar
     assert (crop.top, crop.bottom) == (0, info["databar_rows"])
+
+
+def test_every_option_of_every_command_says_what_it_does() -> None:
+    """Issue 11: help text for every option (a bare "(recipe)" or a letter says nothing)."""
+    from semclip.cli import COMMANDS, build_parser
+
+    missing = []
+    for name in COMMANDS:
+        parser = build_parser([name])
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        for action in sub.choices[name]._actions:
+            if isinstance(action, argparse._HelpAction) or not action.option_strings:
+                continue
+            words = (action.help or "").replace("(recipe)", "").split()
+            if len(words) < 3:
+                missing.append(f"semclip {name} {action.option_strings[-1]}: {action.help!r}")
+    assert not missing, "\n".join(missing)

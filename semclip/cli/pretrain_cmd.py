@@ -7,10 +7,11 @@ archive) and writes the finished backbone to `$SEMCLIP_HOME/backbones/<model>/` 
 under `$SEMCLIP_HOME/work/pretrain/`).
 Run the same command again after an interruption and it resumes from the last checkpoint.
 
-`--unlabeled URI` adds label-free adaptation (iBOT-style self-distillation on the patch
-tokens) on a folder, label-free manifest or bucket prefix (`--dates A..B` for raw/<date>/);
-alone it needs no labelled data (`--zeroshot-data DIR` measures zero-shot before/after), with
-`--data` both objectives share every step. The text tower is locked either way.
+`--unlabeled URI` adds label-free adaptation (masked-feature prediction of an EMA teacher's
+patch tokens by default, iBOT/DINO distillation with `--ssl-objective distill`) on a folder,
+label-free manifest or bucket prefix (`--dates A..B` for raw/<date>/); alone it needs no
+labelled data (`--zeroshot-data DIR` measures zero-shot before/after), with `--data` both
+objectives share every step. The text tower is locked either way.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from semclip.settings import get_settings
 from semclip.synth.styles import DEFAULT_MIX, DEFAULT_STYLES, HELDOUT_STYLES
 
 log = logging.getLogger(__name__)
-RECIPE_DEFAULT = "(recipe)"  # shown in --help for options whose default comes from the recipe
 SSL_DEFAULTS = SSLConfig()
 
 
@@ -70,7 +70,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=(),
         help="classes left out of the archive, e.g. bridge,infilm",
     )
-    data.add_argument("--archive-seed", type=int, default=None, help=RECIPE_DEFAULT)
+    data.add_argument(
+        "--archive-seed",
+        type=int,
+        default=None,
+        help="seed of the synthetic archive's generator: another seed, other images "
+        + _recipe(recipes, "archive", "seed"),
+    )
     data.add_argument(
         "--archive-per-class",
         type=int,
@@ -78,7 +84,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="synthetic images per class (recipe: cpu "
         f"{recipes['cpu'].archive.per_class}, gpu {recipes['gpu'].archive.per_class})",
     )
-    data.add_argument("--archive-size", type=int, default=None, help=RECIPE_DEFAULT)
+    data.add_argument(
+        "--archive-size",
+        type=int,
+        default=None,
+        help="side in pixels of the synthetic archive's images "
+        + _recipe(recipes, "archive", "size"),
+    )
     data.add_argument(
         "--archive-style",
         choices=(DEFAULT_MIX, *DEFAULT_STYLES),
@@ -86,9 +98,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"synthetic archive style (default: the mix of {', '.join(DEFAULT_STYLES)}); "
         f"held-out styles ({', '.join(HELDOUT_STYLES)}) are never used for pretraining",
     )
-    data.add_argument("--patterns", type=parse_patterns, default=None)
-    data.add_argument("--databar-top", type=int, default=0)
-    data.add_argument("--databar-bottom", type=int, default=0)
+    data.add_argument(
+        "--patterns",
+        type=parse_patterns,
+        default=None,
+        help="comma-separated pattern families of the synthetic archive (default: all of the "
+        "style's; `semclip synth --help` lists them)",
+    )
+    data.add_argument(
+        "--databar-top",
+        type=int,
+        default=0,
+        help="rows of the SEM info bar at the top of each --data/--unlabeled image, masked out "
+        "before training (default 0)",
+    )
+    data.add_argument(
+        "--databar-bottom",
+        type=int,
+        default=0,
+        help="rows of the SEM info bar at the bottom, masked out before training (default 0)",
+    )
     data.add_argument("--prompts", default=None, help="prompt YAML (default: packaged)")
     _add_unlabeled_options(parser)
     model = parser.add_argument_group("model")
@@ -110,26 +139,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument("--lock-text", action="store_true", help="freeze the text tower")
     model.add_argument("--lock-image-layers", type=int, default=0, help="freeze first N blocks")
     recipe = parser.add_argument_group("recipe")
-    for flag, key, kind in (
-        ("--steps", "steps", int),
-        ("--batch-size", "batch_size", int),
-        ("--lr", "lr", float),
-        ("--warmup-steps", "warmup_steps", int),
+    for flag, key, kind, words in (
+        ("--steps", "steps", int, "optimiser steps"),
+        ("--batch-size", "batch_size", int, "images per step"),
+        ("--lr", "lr", float, "peak learning rate (cosine schedule)"),
+        ("--warmup-steps", "warmup_steps", int, "linear warm-up steps"),
     ):
         recipe.add_argument(
             flag,
             type=kind,
             default=None,
-            help=f"{RECIPE_DEFAULT}; {SSL_RECIPE[key]} with --unlabeled",
+            help=f"{words} {_recipe(recipes, 'pretrain', key)}; {SSL_RECIPE[key]} with --unlabeled",
         )
-    recipe.add_argument("--dense-weight", type=float, default=None, help=RECIPE_DEFAULT)
+    recipe.add_argument(
+        "--dense-weight",
+        type=float,
+        default=None,
+        help="weight of the dense mask-alignment loss on the vanilla patch tokens "
+        + _recipe(recipes, "pretrain", "dense_weight"),
+    )
     recipe.add_argument(
         "--vv-dense-weight",
         type=float,
         default=None,
-        help="dense loss on the V-V path SEM-CLIP's S_n reads (0 = off) " + RECIPE_DEFAULT,
+        help="dense loss on the V-V path SEM-CLIP's S_n reads (0 = off) "
+        + _recipe(recipes, "pretrain", "vv_dense_weight"),
     )
-    recipe.add_argument("--seed", type=int, default=None, help=RECIPE_DEFAULT)
+    recipe.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of initialisation, augmentation and batch order "
+        + _recipe(recipes, "pretrain", "seed"),
+    )
     recipe.add_argument(
         "--cpu-bf16",
         choices=("auto", "on", "off"),
@@ -137,15 +179,57 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="bf16 autocast on CPU (auto: where the CPU has native bf16)",
     )
     run = parser.add_argument_group("run")
-    run.add_argument("--out", default=None, help="backbone folder (default under $SEMCLIP_HOME)")
-    run.add_argument("--work-dir", default=None, help="checkpoint/archive folder")
-    run.add_argument("--checkpoint-every", type=int, default=None, help=RECIPE_DEFAULT)
-    run.add_argument("--log-every", type=int, default=None, help="steps per logged window")
-    run.add_argument("--stop-after", type=int, default=None, help="stop after N steps")
-    run.add_argument("--restart", action="store_true", help="discard an existing checkpoint")
-    run.add_argument("--workers", type=int, default=None, help="image decoding threads (recipe)")
-    run.add_argument("--device", default=None, help="cpu, cuda (default: CUDA if present)")
+    run.add_argument(
+        "--out",
+        default=None,
+        help="backbone folder, loadable as local-dir:PATH (default "
+        "$SEMCLIP_HOME/backbones/<model>)",
+    )
+    run.add_argument(
+        "--work-dir",
+        default=None,
+        help="checkpoint, archive and report folder; rerunning with the same one resumes "
+        "(default $SEMCLIP_HOME/work/pretrain/<model>)",
+    )
+    run.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=None,
+        help="steps between checkpoints, the most a kill loses "
+        + _recipe(recipes, "pretrain", "checkpoint_every"),
+    )
+    run.add_argument(
+        "--log-every",
+        type=int,
+        default=None,
+        help="steps per logged window of loss and speed "
+        + _recipe(recipes, "pretrain", "log_every"),
+    )
+    run.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        help="stop (with a checkpoint) after N steps of this run; the next run resumes",
+    )
+    run.add_argument(
+        "--restart", action="store_true", help="discard an existing checkpoint and start over"
+    )
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="image decoding threads " + _recipe(recipes, "pretrain", "num_workers"),
+    )
+    run.add_argument(
+        "--device", default=None, help="cpu or cuda[:N] (default: CUDA when present, else cpu)"
+    )
     parser.set_defaults(func=run_pretrain)
+
+
+def _recipe(recipes: dict, section: str, key: str) -> str:
+    """``(recipe: cpu X, gpu Y)``: an option's default in each recipe, for --help."""
+    values = ", ".join(f"{name} {getattr(getattr(r, section), key)}" for name, r in recipes.items())
+    return f"(recipe: {values})"
 
 
 def _add_unlabeled_options(parser: argparse.ArgumentParser) -> None:
@@ -183,15 +267,54 @@ def _add_unlabeled_options(parser: argparse.ArgumentParser) -> None:
         help="distill: iBOT/DINO prototype self-distillation; features: masked-feature "
         f"prediction of the EMA teacher's tokens (default {d.objective})",
     )
-    group.add_argument("--ssl-weight", type=float, default=d.weight, help="SSL loss weight")
-    group.add_argument("--ssl-prototypes", type=int, default=d.prototypes, help="K")
-    group.add_argument("--ssl-local-crops", type=int, default=d.local_crops)
-    group.add_argument("--ssl-teacher-temp", type=float, default=d.teacher_temp)
-    group.add_argument("--ssl-momentum", type=float, default=d.momentum_start)
     group.add_argument(
-        "--ssl-anchor", type=float, default=d.anchor_weight, help="L2-SP weight (0 = off)"
+        "--ssl-weight",
+        type=float,
+        default=d.weight,
+        help="weight of the self-supervised loss beside the labelled terms when --data is also "
+        f"given (default {d.weight})",
     )
-    group.add_argument("--ssl-max-images", type=int, default=d.max_images, help="0 = all")
+    group.add_argument(
+        "--ssl-prototypes",
+        type=int,
+        default=d.prototypes,
+        help="K, prototypes of each distill head's softmax (DINO uses 65k; default "
+        f"{d.prototypes}, sized for CPU and a few thousand images; distill only)",
+    )
+    group.add_argument(
+        "--ssl-local-crops",
+        type=int,
+        default=d.local_crops,
+        help=f"small crops per image for the [CLS] term across views (0 = none; default "
+        f"{d.local_crops})",
+    )
+    group.add_argument(
+        "--ssl-teacher-temp",
+        type=float,
+        default=d.teacher_temp,
+        help="teacher softmax temperature after warm-up: lower sharpens, too high drifts to "
+        f"uniform outputs (default {d.teacher_temp}; distill only)",
+    )
+    group.add_argument(
+        "--ssl-momentum",
+        type=float,
+        default=d.momentum_start,
+        help="EMA momentum of the teacher at step 0, rising to "
+        f"{d.momentum_end} by the last step (default {d.momentum_start})",
+    )
+    group.add_argument(
+        "--ssl-anchor",
+        type=float,
+        default=d.anchor_weight,
+        help="L2-SP weight: pulls the vision trunk towards its starting weights, against "
+        f"forgetting (0 = off; default {d.anchor_weight})",
+    )
+    group.add_argument(
+        "--ssl-max-images",
+        type=int,
+        default=d.max_images,
+        help=f"read at most N unlabelled images, evenly spread (0 = all; default {d.max_images})",
+    )
     group.add_argument(
         "--ssl-export",
         choices=("teacher", "student"),

@@ -66,7 +66,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=summary("synth"),
         description="Write seeded synthetic SEM review images with defect masks and a manifest.",
     )
-    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument(
+        "--out", required=True, help="output folder: images, masks, manifest.csv, synth.json"
+    )
     parser.add_argument("--seed", type=int, default=0, help="data set seed (default 0)")
     parser.add_argument("--size", type=int, default=256, help="image side in pixels (256)")
     parser.add_argument(
@@ -92,7 +94,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=STYLE_DATABAR,
         help="databar side; 'style' (default) lets each image's style choose side and height",
     )
-    parser.add_argument("--bit-depth", type=int, choices=(8, 16), default=8)
+    parser.add_argument(
+        "--bit-depth",
+        type=int,
+        choices=(8, 16),
+        default=8,
+        help="bits per pixel of the written images: 16 writes 16-bit PNG, as some tools do "
+        "(default 8)",
+    )
     parser.add_argument(
         "--wafers",
         type=int,
