@@ -332,3 +332,20 @@ def test_compare_cli(result: EvalResult, tmp_path: Path) -> None:
     folder = write_report(result, tmp_path / "tiny", plots=False).parent
     assert main(["compare", str(folder), "--out", str(tmp_path / "c.md")]) == 0
     assert "`semclip-tiny` (RANDOM)" in (tmp_path / "c.md").read_text()
+
+
+@pytest.mark.parametrize("random_weights", [True, False])
+def test_plots_of_a_random_backbone_carry_the_banner(tmp_path: Path, random_weights: bool) -> None:
+    """Issue 11: a figure copied out of a random-weight report still says what it is."""
+    from PIL import Image
+
+    from semclip.eval.plots import BANNER_RGB, plot_confusions
+
+    path = tmp_path / "confusion.png"
+    matrix = np.array([[3, 1], [0, 4]])
+    plot_confusions([("m", matrix)], ("good", "bridge"), "t", path, random_weights)
+
+    pixels = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    top = pixels[: max(1, pixels.shape[0] // 12)]
+    red = np.all(np.abs(top - np.array(BANNER_RGB) * 255) < 30, axis=-1)
+    assert bool(red.mean() > 0.05) is random_weights, red.mean()

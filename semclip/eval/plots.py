@@ -20,15 +20,41 @@ from semclip.eval.scoring import RunResult  # noqa: E402
 
 Figure = tuple[str, str]  # (file name, title)
 
+RANDOM_BANNER = "RANDOM-WEIGHT BACKBONE: a plumbing check, not quality figures"
+BANNER_RGB = (0.8, 0.0, 0.0)  # a red bar across the top: seen before any number is read
+
+
+def _save(fig: plt.Figure, path: Path, random_weights: bool) -> None:
+    """Lay out and write ``fig``; a random-weight backbone's figure gets the banner on top,
+    so a plot copied out of its report still says what it is."""
+    if random_weights:
+        fig.tight_layout(rect=(0, 0, 1, 0.93))
+        fig.text(
+            0.5,
+            0.995,
+            RANDOM_BANNER,
+            ha="center",
+            va="top",
+            fontsize=10,
+            fontweight="bold",
+            color="white",
+            bbox={"facecolor": BANNER_RGB, "edgecolor": "none", "pad": 4},
+        )
+    else:
+        fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
 
 def write_plots(result: EvalResult, out: Path) -> list[Figure]:
     """Every figure of the report, written into `out`; returns (file, title) pairs."""
     figures: list[Figure] = []
+    random_weights = bool(result.backbone.get("random_weights"))
     seed0 = min((r.seed for r in result.runs), default=0)
     for k in result.plan.shots:
         runs = [r for r in result.runs if r.shots == k and r.seed == seed0]
         name = f"roc_k{k}.png"
-        plot_roc(runs, f"ROC curves, {k}-shot, seed {seed0}", out / name)
+        plot_roc(runs, f"ROC curves, {k}-shot, seed {seed0}", out / name, random_weights)
         figures.append((name, f"ROC curves, {k}-shot (seed {seed0})"))
     if result.plan.shots:
         k = max(result.plan.shots)
@@ -40,12 +66,12 @@ def write_plots(result: EvalResult, out: Path) -> list[Figure]:
         if panels:
             name = f"confusion_k{k}.png"
             title = f"Confusion matrices, {k}-shot, summed over seeds (rows: true class)"
-            plot_confusions(panels, result.classes, title, out / name)
+            plot_confusions(panels, result.classes, title, out / name, random_weights)
             figures.append((name, title))
     showcase = _showcase_run(result)
     if showcase is not None and showcase.examples:
         name = "examples.png"
-        plot_examples(result, showcase, out / name)
+        plot_examples(result, showcase, out / name, random_weights)
         title = f"Test images: {showcase.method}, {showcase.shots}-shot, seed {showcase.seed}"
         figures.append((name, title))
     return figures
@@ -58,7 +84,7 @@ def _showcase_run(result: EvalResult) -> RunResult | None:
     return next((r for r in result.runs if (r.method, r.shots, r.seed) == (method, k, seed)), None)
 
 
-def plot_roc(runs: list[RunResult], title: str, path: Path) -> None:
+def plot_roc(runs: list[RunResult], title: str, path: Path, random_weights: bool = False) -> None:
     """Image-level and pixel-level ROC curves, one line per method."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 5))
     for ax, attr, key, what in (
@@ -78,13 +104,15 @@ def plot_roc(runs: list[RunResult], title: str, path: Path) -> None:
         ax.set_ylim(0, 1.01)
         ax.legend(fontsize=7, loc="lower right")
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, random_weights)
 
 
 def plot_confusions(
-    panels: list[tuple[str, np.ndarray]], labels: tuple[str, ...], title: str, path: Path
+    panels: list[tuple[str, np.ndarray]],
+    labels: tuple[str, ...],
+    title: str,
+    path: Path,
+    random_weights: bool = False,
 ) -> None:
     """One panel per method: counts, coloured by the fraction of the true class (recall)."""
     cols = min(3, len(panels))
@@ -96,9 +124,7 @@ def plot_confusions(
     for ax in list(axes.flat)[len(panels) :]:
         ax.set_axis_off()
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, random_weights)
 
 
 def confusion_panel(ax: plt.Axes, matrix: np.ndarray, labels: tuple[str, ...], title: str) -> None:
@@ -116,7 +142,9 @@ def confusion_panel(ax: plt.Axes, matrix: np.ndarray, labels: tuple[str, ...], t
     ax.set_title(title, fontsize=9)
 
 
-def plot_examples(result: EvalResult, run: RunResult, path: Path) -> None:
+def plot_examples(
+    result: EvalResult, run: RunResult, path: Path, random_weights: bool = False
+) -> None:
     """Columns of test images: ground truth (green), predicted mask S > τ (red), the map S."""
     enc = result.encoded
     n = len(run.examples)
@@ -148,6 +176,4 @@ def plot_examples(result: EvalResult, run: RunResult, path: Path) -> None:
         f"predicted mask S > τ (red), map S; {tau}",
         fontsize=9,
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, random_weights)
