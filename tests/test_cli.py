@@ -264,3 +264,32 @@ def test_every_option_of_every_command_says_what_it_does() -> None:
             if len(words) < 3:
                 missing.append(f"semclip {name} {action.option_strings[-1]}: {action.help!r}")
     assert not missing, "\n".join(missing)
+
+
+def test_log_lines_do_not_break_progress_bars(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Issue 11: a log line written while a bar is drawn starts a line of its own."""
+    import logging
+
+    from tqdm import tqdm
+
+    from semclip.cli import main, synth_cmd
+
+    def run(args: argparse.Namespace) -> int:
+        for i in tqdm(range(3), desc="work", mininterval=0):
+            logging.getLogger("semclip.test").info("step %d done", i)
+        return 0
+
+    monkeypatch.setattr(synth_cmd, "run", run)
+    root = logging.getLogger()
+    before = list(root.handlers), root.level
+    try:
+        root.handlers = [logging.StreamHandler()]  # as basicConfig leaves it, on this stderr
+        root.setLevel(logging.INFO)
+        assert main(["synth", "--out", "unused"]) == 0
+    finally:
+        root.handlers, root.level = before[0], before[1]
+    err = capsys.readouterr().err
+    lines = [line.rsplit("\r", 1)[-1] for line in err.split("\n") if "done" in line]
+    assert len(lines) == 3 and all(line.startswith("step ") for line in lines), err

@@ -60,8 +60,13 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.verbose:
         quiet_third_party_logs()
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     try:
-        return int(args.func(args) or 0)
+        # Log lines go through tqdm.write while a bar is on screen: each on a line of its
+        # own, the bar redrawn below it, instead of a line glued to half a bar.
+        with logging_redirect_tqdm():
+            return int(args.func(args) or 0)
     except (
         BackboneError,
         DatasetError,
