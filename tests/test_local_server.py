@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 
+@pytest.mark.slow  # starts a server process
 def test_local_server_waits_with_the_configured_timeout(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

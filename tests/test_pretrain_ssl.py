@@ -183,6 +183,7 @@ def test_teacher_follows_the_student_by_ema_and_exports_the_trunk_only() -> None
     assert torch.equal(visual.proj, proj)  # ln_post/proj stay the student's
 
 
+@pytest.mark.slow  # a training run
 def test_ssl_loss_decreases_against_a_fixed_teacher(unlabeled_dir: Path, tmp_path: Path) -> None:
     """Frozen teacher and centre: the student must learn to match it within a few steps."""
     fixed = replace(TINY.ssl, momentum_start=1.0, center_momentum=1.0, teacher_temp_warmup=0.0)
@@ -198,6 +199,7 @@ def test_ssl_loss_decreases_against_a_fixed_teacher(unlabeled_dir: Path, tmp_pat
     assert np.mean(loss[-4:]) < np.mean(loss[:4])
 
 
+@pytest.mark.slow  # a training run
 def test_feature_prediction_loss_decreases_and_its_teacher_follows_the_trunk(
     unlabeled_dir: Path, tmp_path: Path
 ) -> None:
@@ -220,6 +222,7 @@ def test_feature_prediction_loss_decreases_and_its_teacher_follows_the_trunk(
         SelfDistillation(towers.model.visual, SSLConfig(objective="nope"))
 
 
+@pytest.mark.slow  # a training run
 def test_step_runs_on_a_sem_small_batch() -> None:
     """The objective runs on the CPU-sized config too (10 x 10 patches, local crops 64 px)."""
     towers = create_towers(PretrainConfig(model="semclip-sem-small"))
@@ -238,6 +241,7 @@ def test_step_runs_on_a_sem_small_batch() -> None:
 
 
 # ------------------------------------------------------------------------------ runs
+@pytest.mark.slow  # a training run
 def test_ssl_run_logs_indicators_and_exports_a_loadable_backbone(finished) -> None:
     assert finished.finished and finished.step == TINY.steps and finished.collapsed is None
     for entry in finished.history:
@@ -257,6 +261,7 @@ def test_ssl_run_logs_indicators_and_exports_a_loadable_backbone(finished) -> No
     assert record["probe"]["after"]["knn_patch_auroc"] is not None
 
 
+@pytest.mark.slow  # a training run
 def test_text_tower_and_projection_are_unchanged(finished) -> None:
     trained = load_file(str(finished.backbone_dir / "open_clip_model.safetensors"))
     start = create_towers(TINY).model.state_dict()
@@ -270,12 +275,14 @@ def test_text_tower_and_projection_are_unchanged(finished) -> None:
     assert not torch.equal(start["visual.conv1.weight"], trained["visual.conv1.weight"])
 
 
+@pytest.mark.slow  # a training run
 def test_unlabeled_images_are_the_sha256_of_the_used_files(finished, unlabeled_dir: Path) -> None:
     expected = sorted({_sha(p) for p in unlabeled_dir.rglob("*.png")})
     assert (finished.backbone_dir / UNLABELED_IMAGES).read_text().splitlines() == expected
     assert read_unlabeled_images(f"local-dir:{finished.backbone_dir}") == set(expected)
 
 
+@pytest.mark.slow  # a training run
 def test_ssl_resume_ends_identical_and_refuses_another_recipe(
     finished, unlabeled_dir: Path, labelled_dir: Path, tmp_path: Path
 ) -> None:
@@ -298,6 +305,7 @@ def test_ssl_resume_ends_identical_and_refuses_another_recipe(
         assert torch.equal(value, resumed[name]), name
 
 
+@pytest.mark.slow  # a training run
 def test_continuing_from_a_local_dir_inherits_its_image_lists(
     finished, unlabeled_dir: Path, tmp_path: Path
 ) -> None:
@@ -316,6 +324,7 @@ def test_continuing_from_a_local_dir_inherits_its_image_lists(
     (folder / "seen_images.txt").write_text("")
 
 
+@pytest.mark.slow  # a training run
 def test_mixed_run_has_both_objectives(
     unlabeled_dir: Path, labelled_dir: Path, tmp_path: Path
 ) -> None:
@@ -337,6 +346,7 @@ def test_mixed_run_has_both_objectives(
 
 
 # ------------------------------------------------------------------------------ sources
+@pytest.mark.slow  # a training run
 def test_bad_files_are_skipped_and_counted(unlabeled_dir: Path, tmp_path: Path) -> None:
     folder = tmp_path / "mixed"
     folder.mkdir()
@@ -428,6 +438,7 @@ def test_dates_select_only_those_raw_folders(raw_bucket, tmp_path: Path) -> None
     assert len(everything) == 9
 
 
+@pytest.mark.slow  # a training run
 def test_cli_unlabeled_stop_and_resume(
     unlabeled_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -460,6 +471,7 @@ def test_cli_unlabeled_stop_and_resume(
 
 
 # ------------------------------------------------------------------------------ evaluation
+@pytest.mark.slow  # a training run
 def test_eval_reports_transductive_overlap(
     finished, unlabeled_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -193,6 +193,7 @@ def test_no_folds_when_a_class_has_one_unit() -> None:
 
 
 # ---------------------------------------------------------------- α, τ, β on held-out folds
+@pytest.mark.slow  # cross-validated fits, 15 s
 def test_alpha_is_chosen_on_held_out_folds_not_in_sample() -> None:
     """The head can only memorise (noise CLS); P_clip is right on 2 images in 3. In sample the
     head looks perfect and a small α wins; held out the head is at chance, so α must be large."""
