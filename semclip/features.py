@@ -138,7 +138,7 @@ def extract_features(
     out = device if keep_on_device else torch.device("cpu")
     with autocast_context(device, autocast):
         x = images.to(device, non_blocking=images.is_pinned())
-        stages = (forward or encoder)(x)
+        stages = (encoder if forward is None else forward)(x)
         ln_post = encoder.visual.ln_post
         tokens = torch.stack([ln_post(s.vanilla) for s in stages], dim=1)
         vv = torch.stack([s.vv for s in stages], dim=1)
