@@ -72,6 +72,7 @@ class PredictConfig:
     tiff_page: int = 0  # page of multi-page TIFFs (detector channel) to use; TIFF only
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # larger images are refused, not decoded
     autocast: bool = True  # bf16/fp16 autocast on CUDA (ignored on CPU)
+    decode_workers: int = 0  # threads decoding the next batches during this one; 0 = by CPUs
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -7,7 +7,7 @@ calibrated afterwards works on these cached tensors.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -121,16 +121,28 @@ def autocast_context(device: torch.device, enabled: bool = True):
 
 @torch.inference_mode()
 def extract_features(
-    encoder: DualPathEncoder, images: torch.Tensor, *, autocast: bool = True
+    encoder: DualPathEncoder,
+    images: torch.Tensor,
+    *,
+    autocast: bool = True,
+    keep_on_device: bool = False,
+    forward: Callable[[torch.Tensor], list] | None = None,
 ) -> Features:
-    """Run the dual-path encoder on (B, 3, S, S) and keep what heads and maps need, on CPU."""
+    """Run the dual-path encoder on (B, 3, S, S) and keep what heads and maps need (fp16).
+
+    On CPU by default (what caches and training keep); `keep_on_device` leaves them where the
+    heads will run (prediction without a cache: no round trip through host memory). A pinned
+    input is copied asynchronously. `forward` replaces `encoder.__call__` (a compiled one).
+    """
     device = next(encoder.parameters()).device
+    out = device if keep_on_device else torch.device("cpu")
     with autocast_context(device, autocast):
-        stages = encoder(images.to(device))
+        x = images.to(device, non_blocking=images.is_pinned())
+        stages = (encoder if forward is None else forward)(x)
         ln_post = encoder.visual.ln_post
         tokens = torch.stack([ln_post(s.vanilla) for s in stages], dim=1)
         vv = torch.stack([s.vv for s in stages], dim=1)
-    return Features(tokens.to("cpu", torch.float16), vv.to("cpu", torch.float16))
+    return Features(tokens.to(out, torch.float16), vv.to(out, torch.float16))
 
 
 def surgery_maps(
@@ -149,12 +161,49 @@ def batches(n: int, size: int) -> Iterator[slice]:
         yield slice(start, min(start + size, n))
 
 
-def auto_batch_size(device: torch.device, requested: int, image_size: int) -> int:
-    """Requested size, else 16 on CPU and a size from free memory on CUDA."""
+MAX_AUTO_BATCH = 256  # past this a larger batch no longer raises GPU throughput
+
+
+def auto_batch_size(
+    device: torch.device, requested: int, image_size: int, per_image_bytes: int | None = None
+) -> int:
+    """Requested size, else 16 on CPU and a size from free memory on CUDA.
+
+    `per_image_bytes` is the caller's estimate of one image's working memory (see
+    `inference_bytes_per_image`); without it, ~64 MB per image at 240 px with half the free
+    memory kept back (fine-tuning keeps more alive).
+    """
     if requested > 0:
         return requested
     if device.type != "cuda":
         return 16
     free, _ = torch.cuda.mem_get_info(device)
-    per_image = 64 * (image_size / 240) ** 2 * 2**20  # ~64 MB activations per image at 240 px
-    return int(max(1, min(256, free * 0.5 // per_image)))
+    if per_image_bytes is None:
+        per_image = 64 * (image_size / 240) ** 2 * 2**20
+        return batch_for_memory(int(free * 0.5), int(per_image))
+    return batch_for_memory(int(free * 0.8), per_image_bytes)
+
+
+def batch_for_memory(budget_bytes: int, per_image_bytes: int, cap: int = MAX_AUTO_BATCH) -> int:
+    """The largest batch whose working memory fits `budget_bytes` (1 at least, `cap` at most)."""
+    if per_image_bytes <= 0:
+        raise ValueError(f"per-image memory must be positive, got {per_image_bytes}")
+    return int(max(1, min(cap, budget_bytes // per_image_bytes)))
+
+
+def inference_bytes_per_image(
+    encoder: DualPathEncoder, n_classes: int, image_size: int, safety: float = 1.5
+) -> int:
+    """Working memory of one image through prediction (no gradients), counted from the shapes.
+
+    Per block at most ~20 (N, width) tensors live (residual, ln, q/k/v, both attentions and the
+    fused copies, the 4× MLP) plus two (heads, N, N) score matrices should SDPA fall back to
+    its math kernel; the m stages keep vanilla and V-V tokens; the heads build (m, K, S, S)
+    probabilities and a few (S, S) maps, fp32 throughout to stay on the safe side.
+    """
+    n = 1 + encoder.grid**2
+    width, embed, m = encoder.width, encoder.embed_dim, encoder.n_stages
+    heads = int(encoder.blocks[0].attn.num_heads)
+    elements = 20 * n * width + 2 * heads * n * n + 2 * m * n * (width + embed)
+    elements += 3 * m * n_classes * image_size**2 + 16 * image_size**2
+    return int(4 * elements * safety)

@@ -73,6 +73,17 @@ def run_heads(
     defect_probs[:, good_index] = -1.0
     class_map = defect_probs.argmax(dim=1)
 
+    probs, p_clip, p_clip_proj, p_head = class_probabilities(heads, tokens, vv, calibration)
+    return HeadOutputs(probs, p_clip, p_clip_proj, p_head, score, class_map, clip_map, knn_map)
+
+
+def class_probabilities(
+    heads: SemclipHeads, tokens: torch.Tensor, vv: torch.Tensor, calibration: Calibration
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(fused P, P_clip, CLIP's own P_clip, P_head), (B, K) each, from stage tokens (eq. 18-23).
+
+    Shared by `run_heads` and the ONNX export, so both give the production probabilities.
+    """
     p_clip_proj = class_logits(vv[:, -1, 0], heads.text).softmax(dim=-1)
     p_clip = (
         p_clip_proj
@@ -82,7 +93,21 @@ def run_heads(
     p_head = heads.head_logits(tokens).softmax(dim=-1)
     alphas = torch.tensor(calibration.alphas(p_head.shape[1]))
     probs = fuse_probs(p_clip, p_head, alphas)
-    return HeadOutputs(probs, p_clip, p_clip_proj, p_head, score, class_map, clip_map, knn_map)
+    return probs, p_clip, p_clip_proj, p_head
+
+
+def patch_clip_map(
+    heads: SemclipHeads, tokens: torch.Tensor, surgery: torch.Tensor, good_index: int
+) -> torch.Tensor:
+    """The CLIP defect map at feature resolution (B, P): (S_v + S_n) / 2 before upsampling.
+
+    S_v is 1 − P(good) of the per-stage patch softmax averaged over stages, S_n the stage mean
+    of the surgery maps (B, m, P). `run_heads` upsamples the logits before the softmax and
+    smooths at model resolution; this is the map an exported model returns, per patch.
+    """
+    probs = heads.patch_logits(tokens).softmax(dim=-1)  # (B, m, P, K)
+    s_v = 1.0 - probs[..., good_index].mean(dim=1)
+    return ((s_v + surgery.mean(dim=1)) / 2).clamp(0.0, 1.0)
 
 
 def vanilla_stage_probs(heads: SemclipHeads, tokens: torch.Tensor, size: int) -> torch.Tensor:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +24,7 @@ from semclip.data.databar import DatabarCrop
 from semclip.data.dataset import GOOD, Dataset
 from semclip.data.images import ImageReadError, LoadedImage, read_image
 from semclip.data.masks import read_mask
+from semclip.data.prefetch import Decoded, DecodedBatch, decode_workers, prefetch_batches
 from semclip.encoder import DualPathEncoder
 from semclip.feature_cache import FeatureCache, entry_key
 from semclip.features import (
@@ -34,12 +35,13 @@ from semclip.features import (
     batches,
     dihedral,
     extract_features,
+    inference_bytes_per_image,
 )
 from semclip.heads import SemclipHeads
 from semclip.inference import HeadOutputs, run_heads
 from semclip.maps import bilinear_matrix
 from semclip.membank import PatchMemoryBank
-from semclip.postprocess import mask_outputs
+from semclip.postprocess import MaskOutputs, batch_mask_outputs
 from semclip.prediction import Prediction
 from semclip.prompts import PromptLibrary, load_prompts, text_prototypes
 from semclip.train import (
@@ -105,6 +107,7 @@ class SemclipModel:
     lineage: dict[str, Any] = field(default_factory=dict)
     membank: PatchMemoryBank | None = field(default=None, repr=False)
     _encoder: DualPathEncoder | None = field(default=None, repr=False)
+    _compiled: Callable[[torch.Tensor], list] | None = field(default=None, repr=False)
 
     @property
     def good_index(self) -> int:
@@ -119,6 +122,20 @@ class SemclipModel:
         if self._encoder is None:
             self._encoder = DualPathEncoder(self.backbone.model, self.fit_config.n_stages)
         return self._encoder
+
+    def compile_encoder(self, **options: Any) -> None:
+        """Run the dual-path encoder through `torch.compile` from now on (prediction and fits).
+
+        Optional: the first batch of each new shape pays the compilation (seconds to minutes);
+        `semclip bench --compile` measures what it buys on a given machine.
+        """
+        self._compiled = torch.compile(self.encoder, **options)
+
+    def inference_batch_size(self, requested: int) -> int:
+        """Images per batch: `requested` when > 0, else 16 on CPU, by free memory on CUDA."""
+        size = self.preprocess.image_size
+        per_image = inference_bytes_per_image(self.encoder, len(self.classes), size)
+        return auto_batch_size(self.device, requested, size, per_image)
 
     # ------------------------------------------------------------------ fitting
     @classmethod
@@ -248,12 +265,25 @@ class SemclipModel:
         keys: list[str | None],
         cache: FeatureCache | None,
         autocast: bool = True,
+        on_device: bool = False,
     ) -> Features:
-        """Backbone features of a batch, through the cache when one is given."""
+        """Backbone features of a batch, through the cache when one is given.
+
+        `on_device` (prediction without a cache) leaves them where the heads run next.
+        """
         if cache is None:
-            return extract_features(self.encoder, images, autocast=autocast)
+            return extract_features(
+                self.encoder,
+                images,
+                autocast=autocast,
+                keep_on_device=on_device,
+                forward=self._compiled,
+            )
         return cache.get(
-            keys, lambda missing: extract_features(self.encoder, images[missing], autocast=autocast)
+            keys,
+            lambda missing: extract_features(
+                self.encoder, images[missing], autocast=autocast, forward=self._compiled
+            ),
         )
 
     def _clip_classes(self, config: FitConfig) -> torch.Tensor | None:
@@ -273,20 +303,52 @@ class SemclipModel:
         progress: Progress | None = None,
         cache: FeatureCache | None = None,
     ) -> list[Prediction]:
-        """Predict every image; an unreadable one gets a row with `error`, never a failed batch."""
+        """Predict every image; an unreadable one gets a row with `error`, never a failed batch.
+
+        The next batches are read, decoded and preprocessed in `config.decode_workers` threads
+        while the model runs the current one (`semclip.data.prefetch`).
+        """
         config = config or self.predict_config
         uris = (
             list(uris) if uris is not None else [_default_uri(s, i) for i, s in enumerate(images)]
         )
         if len(uris) != len(images):
             raise ValueError(f"{len(images)} images but {len(uris)} uris")
-        batch = auto_batch_size(self.device, config.batch_size, self.preprocess.image_size)
         results: list[Prediction] = []
-        for sl in batches(len(images), batch):
-            results.extend(self._predict_batch(images[sl], uris[sl], config, cache))
+        for sl, decoded in self._decoded_batches(images, uris, config):
+            results.extend(self._predict_batch(images[sl], uris[sl], config, cache, decoded))
             if progress:
                 progress(sl.stop - sl.start)
         return results
+
+    def _decoded_batches(
+        self, images: Sequence[ImageSource], uris: Sequence[str], config: PredictConfig
+    ) -> Iterator[tuple[slice, DecodedBatch[LoadedImage | Prediction]]]:
+        """Batches of decoded, preprocessed inputs, decoded ahead in worker threads."""
+        batch = self.inference_batch_size(config.batch_size)
+
+        def decode(i: int) -> Decoded[LoadedImage | Prediction]:
+            return self._decode(images[i], uris[i], config)
+
+        return prefetch_batches(
+            images,
+            list(batches(len(images), batch)),
+            decode,
+            workers=decode_workers(config.decode_workers),
+            pin_memory=self.device.type == "cuda",
+        )
+
+    def _decode(
+        self, source: ImageSource, uri: str, config: PredictConfig
+    ) -> Decoded[LoadedImage | Prediction]:
+        """One input read and preprocessed (in a worker thread); failures become its row."""
+        item = self._read(source, uri, config)
+        if not isinstance(item, LoadedImage):
+            return Decoded(item, None)
+        try:
+            return Decoded(item, self.preprocess.image_tensor(item.pixels))
+        except Exception as exc:  # raised again where the batch runs: the same fallback
+            return Decoded(item, None, exc)
 
     def _predict_batch(
         self,
@@ -294,14 +356,21 @@ class SemclipModel:
         uris: Sequence[str],
         config: PredictConfig,
         cache: FeatureCache | None = None,
+        decoded: DecodedBatch[LoadedImage | Prediction] | None = None,
     ) -> list[Prediction]:
-        loaded: list[LoadedImage | Prediction] = [
-            self._read(src, uri, config) for src, uri in zip(images, uris, strict=True)
-        ]
+        if decoded is None:  # one image again after a failed batch: decode it here
+            decoded = self._decode_inline(images, uris, config)
+        loaded: list[LoadedImage | Prediction] = [d.item for d in decoded.items]
         ok = [i for i, item in enumerate(loaded) if isinstance(item, LoadedImage)]
         if ok:
             try:
-                outputs = self._heads_on([loaded[i] for i in ok], config, cache)
+                if decoded.error is not None:
+                    raise decoded.error
+                oks = [loaded[i] for i in ok]
+                outputs = self._heads_on(oks, config, cache, decoded.stacked)
+                finite = _finite_rows(outputs)
+                good = [j for j, fine in enumerate(finite) if fine]
+                masks = self._masks([oks[j] for j in good], outputs, good, config)
             except Exception as exc:  # keep the batch: fall back to one image at a time
                 if len(ok) == 1:
                     loaded[ok[0]] = self._failed(
@@ -311,14 +380,48 @@ class SemclipModel:
                 for i in ok:  # unreadable rows keep their place
                     loaded[i] = self._predict_batch([images[i]], [uris[i]], config, cache)[0]
                 return loaded  # type: ignore[return-value]
+            probs = outputs.probs.float().cpu()  # one copy for the batch
+            by_row = dict(zip(good, masks, strict=True))
             for j, i in enumerate(ok):
-                problem = _non_finite(outputs, j)
                 loaded[i] = (
-                    self._failed(uris[i], problem, loaded[i].sha256)
-                    if problem
-                    else self._to_prediction(loaded[i], uris[i], outputs, j, config)
+                    self._to_prediction(loaded[i], uris[i], probs[j], by_row[j], config)
+                    if j in by_row
+                    else self._failed(uris[i], _non_finite(outputs, j), loaded[i].sha256)
                 )
         return loaded  # type: ignore[return-value]
+
+    def _decode_inline(
+        self, images: Sequence[ImageSource], uris: Sequence[str], config: PredictConfig
+    ) -> DecodedBatch[LoadedImage | Prediction]:
+        from semclip.data.prefetch import collate
+
+        items = [self._decode(src, uri, config) for src, uri in zip(images, uris, strict=True)]
+        return collate(items)
+
+    def _masks(
+        self, images: list[LoadedImage], out: HeadOutputs, rows: list[int], config: PredictConfig
+    ) -> list[MaskOutputs]:
+        """Masks, RLE and region statistics of the batch rows `rows`, batched on the device."""
+        if not rows:
+            return []
+        index = torch.tensor(rows, device=out.score_map.device)
+        return batch_mask_outputs(
+            out.score_map.index_select(0, index).float(),
+            out.class_map.index_select(0, index),
+            [im.pixels.shape for im in images],
+            self.calibration.tau,
+            self.preprocess.databar,
+            len(self.classes),
+            config.min_region_px,
+            [self._pixel_size(im, config)[0] for im in images],
+        )
+
+    @staticmethod
+    def _pixel_size(image: LoadedImage, config: PredictConfig) -> tuple[float | None, str | None]:
+        """nm per pixel and where it came from: an explicit setting wins over the file."""
+        if config.pixel_size_nm:  # an explicit override (CLI --pixel-size-nm) wins
+            return config.pixel_size_nm, "setting"
+        return image.pixel_size_nm, image.pixel_size_source
 
     def _read(
         self, source: ImageSource, uri: str, config: PredictConfig
@@ -340,12 +443,18 @@ class SemclipModel:
         return Prediction.failed(uri, error, self.name, self.version, sha256)
 
     def _heads_on(
-        self, images: list[LoadedImage], config: PredictConfig, cache: FeatureCache | None = None
+        self,
+        images: list[LoadedImage],
+        config: PredictConfig,
+        cache: FeatureCache | None = None,
+        x: torch.Tensor | None = None,
     ) -> HeadOutputs:
-        x = torch.stack([self.preprocess.image_tensor(im.pixels) for im in images])
+        """Heads on a batch of decoded images; `x` is their preprocessed stack when prefetched."""
+        if x is None:
+            x = torch.stack([self.preprocess.image_tensor(im.pixels) for im in images])
         keys = [entry_key(im.sha256, 0, im.page) for im in images]
         with torch.inference_mode():
-            feats = self._features(x, keys, cache, config.autocast)
+            feats = self._features(x, keys, cache, config.autocast, on_device=True)
             return run_heads(
                 self.heads,
                 feats,
@@ -370,13 +479,12 @@ class SemclipModel:
             list(uris) if uris is not None else [_default_uri(s, i) for i, s in enumerate(images)]
         )
         out: list[ImageScores | Prediction] = []
-        batch = auto_batch_size(self.device, config.batch_size, self.preprocess.image_size)
-        for sl in batches(len(images), batch):
-            loaded = [
-                self._read(src, uri, config) for src, uri in zip(images[sl], uris[sl], strict=True)
-            ]
+        for sl, decoded in self._decoded_batches(images, uris, config):
+            if decoded.error is not None:
+                raise decoded.error
+            loaded = [d.item for d in decoded.items]
             ok = [im for im in loaded if isinstance(im, LoadedImage)]
-            heads = self._heads_on(ok, config, cache) if ok else None
+            heads = self._heads_on(ok, config, cache, decoded.stacked) if ok else None
             j = 0
             for uri, item in zip(uris[sl], loaded, strict=True):
                 if isinstance(item, Prediction):
@@ -403,23 +511,15 @@ class SemclipModel:
         return out
 
     def _to_prediction(
-        self, image: LoadedImage, uri: str, out: HeadOutputs, j: int, config: PredictConfig
+        self,
+        image: LoadedImage,
+        uri: str,
+        probs: torch.Tensor,  # (K,) on the host
+        masks: MaskOutputs,
+        config: PredictConfig,
     ) -> Prediction:
-        probs = out.probs[j].float().cpu()
         top = int(probs.argmax())
-        if config.pixel_size_nm:  # an explicit override (CLI --pixel-size-nm) wins
-            pixel_nm, pixel_source = config.pixel_size_nm, "setting"
-        else:
-            pixel_nm, pixel_source = image.pixel_size_nm, image.pixel_size_source
-        masks = mask_outputs(
-            out.score_map[j].float().cpu().numpy(),
-            out.class_map[j].cpu().numpy(),
-            image.pixels.shape,
-            self.calibration.tau,
-            self.preprocess.databar,
-            config.min_region_px,
-            pixel_nm,
-        )
+        pixel_nm, pixel_source = self._pixel_size(image, config)
         disagrees = (top == self.good_index) == (masks.stats.area_px > 0) or (
             top != self.good_index and masks.majority_class not in (None, top)
         )
@@ -442,6 +542,13 @@ class SemclipModel:
             pixel_size_nm=pixel_nm,
             pixel_size_source=pixel_source if pixel_nm is not None else None,
         )
+
+
+def _finite_rows(out: HeadOutputs) -> list[bool]:
+    """Whether each image's probabilities and defect map are all finite (one device sync)."""
+    probs = torch.isfinite(out.probs.float()).all(dim=1)
+    maps = torch.isfinite(out.score_map.float()).flatten(1).all(dim=1)
+    return (probs & maps).cpu().tolist()
 
 
 def _non_finite(out: HeadOutputs, j: int) -> str | None:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["area", "decode", "encode"]
+__all__ = ["area", "decode", "encode", "encode_column_major"]
 
 _OFFSET = 48  # ASCII '0': characters carry a 6-bit group plus this offset.
 _MORE = 0x20  # "another group of this count follows".
@@ -44,6 +44,22 @@ def encode(mask: np.ndarray) -> dict[str, Any]:
     h, w = mask.shape
     counts = _run_lengths(mask.ravel(order="F") != 0)
     return {"size": [int(h), int(w)], "counts": _counts_to_string(counts)}
+
+
+def encode_column_major(columns: np.ndarray, h: int, w: int) -> str:
+    """COCO compressed counts of an (H, W) mask given as its (W, H) transpose, C-contiguous.
+
+    The batched post-processing packs masks column by column on the device, so the host gets
+    the mask in COCO's own scan order and needs no Fortran-order copy: the run boundaries are
+    read off the flat buffer directly. Same string as ``encode(columns.T)["counts"]``.
+    """
+    columns = np.asarray(columns)
+    if columns.shape != (w, h):
+        raise ValueError(f"expected the (W, H) = ({w}, {h}) transpose, got shape {columns.shape}")
+    flat = columns.reshape(-1)
+    if flat.dtype != np.bool_:
+        flat = flat != 0
+    return _counts_to_string(_run_lengths(flat))
 
 
 def decode(rle: dict[str, Any]) -> np.ndarray:

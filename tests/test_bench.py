@@ -23,6 +23,10 @@ LABELS = (
     "d/backbone, augmented",
     "d/backbone, plain",
     "RANDOM WEIGHTS",
+    "PNG bytes → rows",
+    "target ≤ 1.2",
+    "target ≤ 1.35",
+    "no GPU in this run: no GPU figure",
 )
 
 
@@ -74,3 +78,42 @@ def test_cli_bench_prints_all_figures(capsys: pytest.CaptureFixture) -> None:
 def test_cli_bench_rejects_bad_counts(capsys: pytest.CaptureFixture) -> None:
     assert main(["bench", "--n-images", "0"]) == 2
     assert "--n-images must be >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bench_compiled_phases_and_targets() -> None:
+    """--compile measures (b) and (c) again through torch.compile, its compile time apart."""
+    result = run_bench(
+        "semclip-tiny",
+        None,
+        "cpu",
+        batch_size=4,
+        n_images=5,
+        shots=1,
+        n_classes=2,
+        image_size=96,
+        fit_config=FitConfig(min_steps=2, max_steps=2),
+        compile=True,
+    )
+    p = result.phases
+    assert p["dual_path_compiled"].items == p["predict_compiled"].items == 5
+    assert result.compile_seconds is not None and result.compile_seconds > 0
+    ratios = result.ratios()
+    assert ratios["b_compiled/a"] > 0 and ratios["c_compiled/a"] > 0
+    text = format_bench(result)
+    assert "(b) DualPathEncoder, torch.compile" in text and "torch.compile:" in text
+    assert "b(compiled)/a" in text
+
+
+def test_cli_bench_refuses_cuda_without_a_gpu(capsys: pytest.CaptureFixture) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert main(["bench", "--device", "cuda", "--n-images", "1"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_cli_bench_rejects_a_negative_batch(capsys: pytest.CaptureFixture) -> None:
+    assert main(["bench", "--batch-size", "-1"]) == 2
+    assert "--batch-size must be >= 0" in capsys.readouterr().err

@@ -129,3 +129,18 @@ def test_registered_tiny_backbone_runs_the_encoder() -> None:
         stages = enc(x)
     assert [s.vanilla.shape[-1] for s in stages] == [enc.width] * 4
     assert stages[0].vv.shape == (2, 1 + enc.grid**2, enc.embed_dim)
+
+
+@pytest.mark.parametrize("ls_init_value", [None, 0.3])
+def test_fused_layout_equals_separate_calls(ls_init_value: float | None) -> None:
+    """The CUDA layout (one SDPA and one out_proj over [vanilla; V-V]) is the same arithmetic."""
+    model = tiny_clip(layers=6, ls_init_value=ls_init_value)
+    x = torch.randn(3, 3, 48, 48)
+    with torch.no_grad():
+        separate = DualPathEncoder(model, n_stages=4, fused=False)(x)
+        fused = DualPathEncoder(model, n_stages=4, fused=True)(x)
+        by_device = DualPathEncoder(model, n_stages=4)(x)  # CPU: separate calls
+    for a, b, c in zip(separate, fused, by_device, strict=True):
+        torch.testing.assert_close(a.vanilla, b.vanilla, atol=1e-5, rtol=0)
+        torch.testing.assert_close(a.vv, b.vv, atol=1e-5, rtol=0)
+        assert torch.equal(a.vv, c.vv)

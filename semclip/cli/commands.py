@@ -32,6 +32,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "semclip.cli.convert_cmd",
         "convert a local copy of a public defect set (NEU-Seg) into a manifest folder",
     ),
+    "export": (
+        "semclip.cli.export_cmd",
+        "export a fitted model (encoder + heads) to ONNX, checked against eager",
+    ),
     "promote": (
         "semclip.cli.promote_cmd",
         "point the champion alias at a registered model version",
