@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -107,19 +105,10 @@ def test_batch_rejects_mismatched_shapes() -> None:
         )
 
 
-def test_column_major_rle_is_not_slower_than_the_fortran_copy() -> None:
+def test_column_major_rle_of_a_large_mask_equals_the_fortran_copy() -> None:
     """Old path: rle.encode on the (H, W) mask; new: the transposed bits the device packs."""
     rng = np.random.default_rng(1)
     coarse = rng.random((250, 200)) < 0.3
     mask = np.kron(coarse, np.ones((8, 8), bool))  # 2000 x 1600 with long runs
     columns = np.ascontiguousarray(mask.T)
-    old = min(_seconds(lambda: rle.encode(mask)) for _ in range(3))
-    new = min(_seconds(lambda: rle.encode_column_major(columns, *mask.shape)) for _ in range(3))
     assert rle.encode_column_major(columns, *mask.shape) == rle.encode(mask)["counts"]
-    assert new < old * 1.5, (old, new)  # no Fortran-order copy: never meaningfully slower
-
-
-def _seconds(work) -> float:
-    start = time.perf_counter()
-    work()
-    return time.perf_counter() - start

