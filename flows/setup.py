@@ -128,10 +128,26 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"Prefect server: {url or 'temporary local server (PREFECT_API_URL unset)'}")
     created = ensure_gpu_limit(args.gpu_limit)
-    print(f"global concurrency limit {GPU_LIMIT!r}: {'created' if created else 'present'}")
     pool = ensure_work_pool(args.pool, args.pool_limit)
-    print(f"process work pool {args.pool!r}: {'created' if pool else 'present'}")
+    gpu_now, pool_now = _current_limits(GPU_LIMIT, args.pool)
+    print(
+        f"global concurrency limit {GPU_LIMIT!r}: {'created' if created else 'present'}, {gpu_now}"
+    )
+    print(f"process work pool {args.pool!r}: {'created' if pool else 'present'}, {pool_now}")
     return 0
+
+
+def _current_limits(gpu_limit: str, pool: str) -> tuple[str, str]:
+    """What the server holds now, printed by set-up: Prefect configures logging when a client
+    starts (root at WARNING), so the INFO lines above never reach the operator's terminal."""
+    with get_client(sync_client=True) as client:
+        gcl = client.read_global_concurrency_limit_by_name(gpu_limit)
+        work_pool = client.read_work_pool(pool)
+    active = "active" if gcl.active else "INACTIVE: the flows will not wait on it"
+    return (
+        f"limit {gcl.limit} ({active})",
+        f"concurrency limit {work_pool.concurrency_limit}",
+    )
 
 
 if __name__ == "__main__":

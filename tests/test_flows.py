@@ -620,6 +620,22 @@ def test_setup_leaves_an_operators_limit_alone() -> None:
         assert client.read_global_concurrency_limit_by_name(name).limit == 3
 
 
+def test_setup_prints_the_limits_it_left(capsys: pytest.CaptureFixture) -> None:
+    """The operator sees the values on the server, not only 'present': Prefect's logging
+    config hides set-up's INFO lines, so they are printed."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    from flows.setup import main
+
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(
+            WorkPoolCreate(name="semclip-busy-pool", type="process", concurrency_limit=3)
+        )
+    assert main(["--pool", "semclip-busy-pool"]) == 0
+    assert "'semclip-busy-pool': present, concurrency limit 3" in capsys.readouterr().out
+
+
 def test_setup_gives_the_work_pool_a_concurrency_limit(capsys: pytest.CaptureFixture) -> None:
     """Backfill runs queue: the pool starts one flow run at a time, and set-up says where."""
     from prefect.client.orchestration import get_client
@@ -629,7 +645,9 @@ def test_setup_gives_the_work_pool_a_concurrency_limit(capsys: pytest.CaptureFix
 
     assert main(["--pool", "semclip-test-pool"]) == 0
     out = capsys.readouterr().out
-    assert "Prefect server: http" in out and "'semclip-test-pool': created" in out
+    assert "Prefect server: http" in out
+    assert "'semclip-test-pool': created, concurrency limit 1" in out
+    assert "'semclip-gpu': present, limit 1 (active)" in out
     with get_client(sync_client=True) as client:
         assert client.read_work_pool("semclip-test-pool").concurrency_limit == 1
         client.create_work_pool(WorkPoolCreate(name="semclip-bare-pool", type="process"))
