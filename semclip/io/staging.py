@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import uuid
+from collections.abc import Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -38,6 +39,7 @@ __all__ = [
     "StagedFileError",
     "is_local",
     "parquet_bytes",
+    "publish_bytes",
     "replace_atomically",
     "staging_path",
     "sweep_orphans",
@@ -88,6 +90,23 @@ def replace_atomically(
     kill leaves it for :func:`sweep_orphans`. Raises the write's own ``OSError`` (say ENOSPC)
     or :class:`StagedFileError` when the staged copy is not what was written.
     """
+    publish_bytes(fs, staged, final, data, check=lambda: _check_rows(fs, staged, expected_rows))
+
+
+def publish_bytes(
+    fs: AbstractFileSystem,
+    staged: str,
+    final: str,
+    data: bytes,
+    *,
+    check: Callable[[], None] | None = None,
+) -> None:
+    """Make ``final`` hold ``data`` in one step, any format (reports, KLARF copies, PNGs).
+
+    The same path as :func:`replace_atomically`: write ``staged``, fsync on a local disk,
+    check its size (and ``check()``, which raises :class:`StagedFileError`), then one rename
+    or one server-side copy; the staged file is removed in every case.
+    """
     try:
         fs.makedirs(staged.rsplit("/", 1)[0], exist_ok=True)
         with fs.open(staged, "wb") as f:
@@ -95,7 +114,9 @@ def replace_atomically(
             if is_local(fs):
                 f.flush()
                 os.fsync(f.fileno())
-        _check_staged(fs, staged, len(data), expected_rows)
+        _check_size(fs, staged, len(data))
+        if check is not None:
+            check()
         if is_local(fs):
             folder = final.rsplit("/", 1)[0]
             os.makedirs(folder, exist_ok=True)
@@ -148,12 +169,16 @@ def _discard(fs: AbstractFileSystem, staged: str) -> None:
     fs.invalidate_cache()
 
 
-def _check_staged(fs: AbstractFileSystem, staged: str, size: int, expected_rows: int) -> None:
-    uri = fs.unstrip_protocol(staged)
+def _check_size(fs: AbstractFileSystem, staged: str, size: int) -> None:
     fs.invalidate_cache()
     actual = fs.size(staged)
     if actual != size:
+        uri = fs.unstrip_protocol(staged)
         raise StagedFileError(f"staged file {uri} has {actual} bytes, {size} were written")
+
+
+def _check_rows(fs: AbstractFileSystem, staged: str, expected_rows: int) -> None:
+    uri = fs.unstrip_protocol(staged)
     with fs.open(staged, "rb") as f:
         try:
             rows = pq.ParquetFile(f).metadata.num_rows
