@@ -225,7 +225,7 @@ def test_report_writes_markdown_and_pngs_with_the_banner(seeded: BucketCase) -> 
     names = sorted(p.rsplit("/", 1)[-1] for p in seeded.fs.find(folder))
     assert names == sorted([*report.images, "report.md"])
     assert seeded.fs.cat_file(f"{folder}/report.md").decode() == report.markdown
-    assert not seeded.fs.exists(f"{seeded.root}/_staging/reports")
+    assert seeded.fs.find(f"{seeded.root}/_staging/reports") == []  # nothing staged is left
     pretrained = render(gather(seeded.fs, seeded.root, request, random_backbone=lambda n, v: False))
     assert "RANDOM" not in pretrained.markdown
 
