@@ -33,7 +33,7 @@ from semclip.io.klarf_join import _is_klarf, join_klarf
 from semclip.io.klarf_write import DefectKey, rewrite_classnumbers
 from semclip.io.paths import date_prefix, parse_ids
 from semclip.io.query import connect
-from semclip.io.staging import publish_bytes, staging_path
+from semclip.io.staging import replace_bytes_atomically, staging_path
 
 __all__ = [
     "KLARF_OUT_DIR",
@@ -143,7 +143,7 @@ def export_date(
         relative = path[len(raw) + 1 :]
         final = f"{root}/{KLARF_OUT_DIR}/{run_date.isoformat()}/{relative}"
         staged = staging_path(root, KLARF_OUT_DIR, run_date, PurePosixPath(relative).name)
-        publish_bytes(fs, staged, final, new_text.encode(encoding))
+        replace_bytes_atomically(fs, staged, final, new_text.encode(encoding))
         result.written.append(fs.unstrip_protocol(final))
         result.defects_coded += changed
     return result

@@ -39,8 +39,8 @@ __all__ = [
     "StagedFileError",
     "is_local",
     "parquet_bytes",
-    "publish_bytes",
     "replace_atomically",
+    "replace_bytes_atomically",
     "staging_path",
     "sweep_orphans",
 ]
@@ -90,23 +90,19 @@ def replace_atomically(
     kill leaves it for :func:`sweep_orphans`. Raises the write's own ``OSError`` (say ENOSPC)
     or :class:`StagedFileError` when the staged copy is not what was written.
     """
-    publish_bytes(fs, staged, final, data, check=lambda: _check_rows(fs, staged, expected_rows))
+    _swap_in(fs, staged, final, data, lambda: _check_staged(fs, staged, len(data), expected_rows))
 
 
-def publish_bytes(
-    fs: AbstractFileSystem,
-    staged: str,
-    final: str,
-    data: bytes,
-    *,
-    check: Callable[[], None] | None = None,
+def replace_bytes_atomically(fs: AbstractFileSystem, staged: str, final: str, data: bytes) -> None:
+    """Make ``final`` hold ``data`` (any bytes: a CSV, a PNG) in one step, as
+    :func:`replace_atomically` does for Parquet; the staged copy's size is checked."""
+    _swap_in(fs, staged, final, data, lambda: _check_size(fs, staged, len(data)))
+
+
+def _swap_in(
+    fs: AbstractFileSystem, staged: str, final: str, data: bytes, check: Callable[[], None]
 ) -> None:
-    """Make ``final`` hold ``data`` in one step, any format (reports, KLARF copies, PNGs).
-
-    The same path as :func:`replace_atomically`: write ``staged``, fsync on a local disk,
-    check its size (and ``check()``, which raises :class:`StagedFileError`), then one rename
-    or one server-side copy; the staged file is removed in every case.
-    """
+    """Write ``staged``, make it durable, ``check`` it, swap it in as ``final``; clean up."""
     try:
         fs.makedirs(staged.rsplit("/", 1)[0], exist_ok=True)
         with fs.open(staged, "wb") as f:
@@ -114,9 +110,7 @@ def publish_bytes(
             if is_local(fs):
                 f.flush()
                 os.fsync(f.fileno())
-        _check_size(fs, staged, len(data))
-        if check is not None:
-            check()
+        check()
         if is_local(fs):
             folder = final.rsplit("/", 1)[0]
             os.makedirs(folder, exist_ok=True)
@@ -177,8 +171,9 @@ def _check_size(fs: AbstractFileSystem, staged: str, size: int) -> None:
         raise StagedFileError(f"staged file {uri} has {actual} bytes, {size} were written")
 
 
-def _check_rows(fs: AbstractFileSystem, staged: str, expected_rows: int) -> None:
+def _check_staged(fs: AbstractFileSystem, staged: str, size: int, expected_rows: int) -> None:
     uri = fs.unstrip_protocol(staged)
+    _check_size(fs, staged, size)
     with fs.open(staged, "rb") as f:
         try:
             rows = pq.ParquetFile(f).metadata.num_rows
