@@ -23,7 +23,8 @@ REPORT_FILE = "report.md"
 _REASONS = {
     "low_confidence": "top class probability below {min_probability}",
     "small_margin": "top-1 minus top-2 probability below {margin}",
-    "mask_disagrees": "the mask's majority class is not the predicted class",
+    "mask_disagrees": "the mask disagrees with the class (a mask on good, none on a defect, "
+    "or another class's majority)",
     "error": "no prediction (the row's error)",
 }
 
