@@ -148,6 +148,8 @@ def format_summary(summary: DemoSummary) -> str:
         f"quarantined inputs: {p['quarantined']} (a deliberately truncated file in the dump)",
         "",
         f"Parquet:  {p['parquet_uri']}/date=YYYY-MM-DD/*.parquet",
+        f"Reports:  {p['parquet_uri'].rsplit('/', 1)[0]}/reports/date=YYYY-MM-DD/report.md "
+        "(semclip report --dates A..B for a range)",
         f"MLflow:   mlflow ui --backend-store-uri {summary.tracking_uri}",
         "Prefect:  prefect server start   (same PREFECT_HOME), then open the flow runs",
         *banner,

@@ -19,6 +19,7 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel
 
 from flows.params import NightlyParams
+from flows.report import after_nightly
 from semclip.registry.client import Registry
 from semclip.registry.refs import ModelRef
 from semclip.settings import get_settings
@@ -151,6 +152,7 @@ def nightly_inference(
         report.partition_uri,
     )
     create_markdown_artifact(report.markdown(), key="nightly-inference-report")
+    after_nightly(params.run_date, settings)  # yield report, KLARF write-back: by settings
     return report
 
 

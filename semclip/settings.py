@@ -168,6 +168,24 @@ class SemclipSettings(BaseSettings):
         description="Commit recorded in a refit's lineage when the code's folder is not a git "
         "checkout (e.g. an image built without .git); git rev-parse HEAD wins.",
     )
+    nightly_report: bool = Field(
+        True,
+        description="The nightly flow ends with the yield report of its date (the yield-report "
+        "flow, as a subflow: reports/date=<D>/ and a Prefect artifact); false: leave it out.",
+    )
+    report_nights: int = Field(
+        7, ge=1, description="Nights in the yield report's defect density trend."
+    )
+    nightly_klarf_export: bool = Field(
+        False,
+        description="The nightly flow ends by writing klarf_out/<D>/ (each input KLARF with "
+        "the predicted classes as CLASSNUMBER, as `semclip klarf-export`).",
+    )
+    class_codes: str | None = Field(
+        None,
+        description="KLARF class codes per predicted class, e.g. 'particle=1,bridge=2' or "
+        "JSON; merged over `class_codes:` of the prompt file (this wins).",
+    )
     prefect_home: Path | None = Field(None, description="PREFECT_HOME for local runs.")
     prefect_startup_timeout_s: int = Field(
         180,

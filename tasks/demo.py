@@ -200,19 +200,27 @@ def _png(array: np.ndarray) -> bytes:
 
 
 def _klarf(lot: str, wafer: str, indices: list[int], n_lots: int) -> bytes:
-    """A minimal KLARF 1.2 for one wafer folder: die index and position of its defects."""
+    """A minimal KLARF 1.2 for one wafer folder: step, tool, die pitch, and per defect its die
+    index, position and the inspection tool's own class code (CLASSNUMBER, 0 = unclassified
+    for every third defect)."""
     rows = []
     for i in indices:
         lot_i, wafer_i = i % n_lots, (i // n_lots) % len(WAFERS)
         if LOTS[lot_i] != lot or WAFERS[wafer_i] != wafer:
             continue
-        rows.append(f" {i + 1} {100.0 + 7.5 * i:.1f} {250.0 - 3.25 * i:.2f} {i % 5} {-(i % 3)}")
+        code = 0 if i % 3 == 0 else 80 + i % 4
+        rows.append(
+            f" {i + 1} {100.0 + 7.5 * i:.1f} {250.0 - 3.25 * i:.2f} {i % 5} {-(i % 3)} {code}"
+        )
     body = "\n".join(rows) if rows else ""
     text = (
         "FileVersion 1 2;\n"
         f'LotID "{lot}";\n'
+        'StepID "M1_CMP";\n'
+        'InspectionStationID "DEMO" "SEM-REVIEW" "RT01";\n'
+        "DiePitch 1000.0 1000.0;\n"
         f'WaferID "{wafer}";\n'
-        "DefectRecordSpec 5 DEFECTID XREL YREL XINDEX YINDEX;\n"
+        "DefectRecordSpec 6 DEFECTID XREL YREL XINDEX YINDEX CLASSNUMBER;\n"
         f"DefectList\n{body};\n"
         "EndOfFile;\n"
     )

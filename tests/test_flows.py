@@ -568,7 +568,15 @@ def test_refit_with_no_backbone_and_no_champion_fails_in_seconds(
 def test_prefect_yaml_declares_the_four_deployments() -> None:
     spec = yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text())
     deployments = {d["name"]: d for d in spec["deployments"]}
-    assert set(deployments) == {"nightly", "weekly", "monthly", "backfill"}
+    assert set(deployments) == {
+        "nightly",
+        "weekly",
+        "monthly",
+        "backfill",
+        "report",
+        "klarf-export",
+    }
+    assert deployments["report"]["entrypoint"] == "flows/report.py:yield_report"
     nightly = deployments["nightly"]
     assert nightly["entrypoint"] == "flows/nightly.py:nightly_inference"
     assert nightly["schedules"][0]["timezone"] == spec["definitions"]["fab_timezone"]

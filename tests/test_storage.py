@@ -181,7 +181,15 @@ def test_klarf_fills_positions_by_defect_id_and_file_name(bucket: BucketCase) ->
         "die_y_index": 5,
         "x_rel_um": 10.0,
         "y_rel_um": 20.0,
+        "klarf_defect_id": 14,  # the KLARF's own fields, beside the path's defect_id
+        "klarf_classnumber": 0,
+        "klarf_step": None,  # this KLARF has no StepID, InspectionStationID or DiePitch
+        "klarf_tool": None,
+        "die_pitch_x_um": None,
+        "die_pitch_y_um": None,
     }
+    assert f[by_name]["klarf_classnumber"] == 17
+    assert f[unknown]["klarf_defect_id"] is None
     # the path regex gives defect_id "review_0007"; the file name finds defect 13
     assert (f[by_name]["die_x_index"], f[by_name]["x_rel_um"]) == (3, 1234.5)
     assert f[unknown]["die_x_index"] is None and f[unknown]["lot_id"] == "LOT42"
@@ -388,6 +396,12 @@ def test_pipeline_schema_extends_the_prediction_schema() -> None:
         "y_rel_um",
         "flow_run_id",
         "inferred_at",
+        "klarf_defect_id",
+        "klarf_classnumber",
+        "klarf_step",
+        "klarf_tool",
+        "die_pitch_x_um",
+        "die_pitch_y_um",
     ]
     assert all(f.nullable and f.metadata[b"description"] for f in PIPELINE_FIELDS)
     assert PIPELINE_PREDICTION_SCHEMA.field("inferred_at").type == pa.timestamp("us", tz="UTC")

@@ -40,6 +40,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "semclip.cli.promote_cmd",
         "point the champion alias at a registered model version",
     ),
+    "report": (
+        "semclip.cli.report_cmd",
+        "yield report of a date or range: Pareto, counts, wafer maps, trend, review share",
+    ),
+    "klarf-export": (
+        "semclip.cli.klarf_export_cmd",
+        "write each input KLARF of a date to klarf_out/<date>/ with the predicted classes",
+    ),
 }
 
 

@@ -1,12 +1,16 @@
 """A small reader for KLARF 1.2 defect files, enough to place each SEM image on the wafer.
 
 Inspection and review tools drop a KLARF next to the images of a wafer. We read the lot and
-wafer ids, the defect table and the image file name, so prediction rows can say which die
-and where in it a defect sits (:class:`KlarfDefect`). Everything else in the file is skipped.
+wafer ids, the process step, the inspection tool, the die pitch, the defect table and the image
+file name, so prediction rows can say which die and where in it a defect sits
+(:class:`KlarfDefect`), and a wafer map can place it. Everything else in the file is skipped.
 
 What the format looks like (statements end with ``;``, lists may span many lines)::
 
     LotID "LOT42";
+    StepID "M1_CMP";
+    InspectionStationID "KLA" "2367" "TOOL01";
+    DiePitch 1.0e+04 8.0e+03;
     WaferID "W07";
     TiffFileName W07.tif;
     DefectRecordSpec 8 DEFECTID XREL YREL XINDEX YINDEX CLASSNUMBER IMAGECOUNT IMAGELIST;
@@ -75,6 +79,9 @@ class Klarf:
     lot_id: str | None  # LotID
     wafer_id: str | None  # WaferID; None when absent or the file holds several wafers
     defects: list[KlarfDefect] = field(default_factory=list)
+    step_id: str | None = None  # StepID: the process step inspected (e.g. "M1_CMP")
+    tool: str | None = None  # InspectionStationID's values joined by spaces ("KLA 2367 TOOL01")
+    die_pitch_um: tuple[float, float] | None = None  # DiePitch x, y in micrometres
 
 
 @dataclass(frozen=True)
@@ -110,6 +117,9 @@ def parse_klarf(text: str, *, source: str = "<klarf>", um_per_unit: float = 1.0)
         raise KlarfError(source, 1, "KLARF 1.8 (Record/Field syntax) is not supported, only 1.x")
     lot_id: str | None = None
     lot_tiff: str | None = None
+    step_id: str | None = None
+    tool: str | None = None
+    pitch: tuple[float, float] | None = None
     wafers: list[_Wafer] = []
     spec: list[str] | None = None
     for stmt in _statements(_tokens(text, source), source):
@@ -118,6 +128,12 @@ def parse_klarf(text: str, *, source: str = "<klarf>", um_per_unit: float = 1.0)
             lot_id = _single_value(stmt, source)
         elif key == "waferid":
             wafers.append(_Wafer(_single_value(stmt, source)))
+        elif key == "stepid":
+            step_id = _single_value(stmt, source)
+        elif key == "inspectionstationid":
+            tool = " ".join(t.text for t in stmt.values) or None
+        elif key == "diepitch":
+            pitch = _pitch(stmt, source, um_per_unit)
         elif key == "tifffilename":
             name = _single_value(stmt, source)
             if wafers:
@@ -141,7 +157,25 @@ def parse_klarf(text: str, *, source: str = "<klarf>", um_per_unit: float = 1.0)
     ]
     wafer_ids = {w.wafer_id for w in wafers if w.wafer_id is not None}
     wafer_id = wafer_ids.pop() if len(wafer_ids) == 1 else None
-    return Klarf(source=source, lot_id=lot_id, wafer_id=wafer_id, defects=defects)
+    return Klarf(
+        source=source,
+        lot_id=lot_id,
+        wafer_id=wafer_id,
+        defects=defects,
+        step_id=step_id,
+        tool=tool,
+        die_pitch_um=pitch,
+    )
+
+
+def _pitch(stmt: _Statement, source: str, um_per_unit: float) -> tuple[float, float]:
+    """``DiePitch x y;``: the die step on the wafer, scaled to micrometres; both positive."""
+    if len(stmt.values) != 2:
+        raise KlarfError(source, stmt.line, f"DiePitch needs 2 values, got {len(stmt.values)}")
+    x, y = (_float(t, "DiePitch", source) * um_per_unit for t in stmt.values)
+    if x <= 0 or y <= 0:
+        raise KlarfError(source, stmt.line, f"DiePitch {x} {y} is not positive")
+    return x, y
 
 
 def _tokens(text: str, source: str) -> Iterator[_Token]:

@@ -19,6 +19,7 @@ from fsspec import AbstractFileSystem
 from semclip.io.bucket import file_suffix, find_files
 from semclip.io.klarf import Klarf, KlarfDefect, KlarfError, parse_klarf
 from semclip.io.paths import date_prefix, parse_ids
+from semclip.io.pipeline_schema import KLARF_FIELDS
 
 __all__ = ["ImageDescriptions", "describe_images", "find_klarf", "join_klarf", "read_klarf"]
 
@@ -33,7 +34,8 @@ _KLARF_NUMBERED = re.compile(r"\.\d{3}")  # tools also write <lot>.000, <lot>.00
 class ImageDescriptions:
     """Ids and wafer positions per image URI, plus the KLARFs that could not be read."""
 
-    fields: dict[str, dict[str, Any]]  # uri -> lot/wafer/defect ids, die index, x/y in µm
+    # uri -> lot/wafer/defect ids, die index, x/y in µm, and the KLARF's own fields
+    fields: dict[str, dict[str, Any]]
     klarf_errors: list[str] = field(default_factory=list)  # one "source:line: why" each
 
 
@@ -124,6 +126,7 @@ def _image_fields(
 ) -> dict[str, Any]:
     out: dict[str, Any] = {**ids, "die_x_index": None, "die_y_index": None}
     out.update(x_rel_um=None, y_rel_um=None)
+    out.update(dict.fromkeys(f.name for f in KLARF_FIELDS))
     if match is None:
         return out
     klarf, defect = match
@@ -132,6 +135,11 @@ def _image_fields(
     out["defect_id"] = out["defect_id"] or str(defect.defect_id)
     out.update(die_x_index=defect.xindex, die_y_index=defect.yindex)
     out.update(x_rel_um=defect.x_rel_um, y_rel_um=defect.y_rel_um)
+    # the KLARF's own fields, kept beside the path's ids (defect_id stays the path's)
+    out.update(klarf_defect_id=defect.defect_id, klarf_classnumber=defect.classnumber)
+    out.update(klarf_step=klarf.step_id, klarf_tool=klarf.tool)
+    if klarf.die_pitch_um is not None:
+        out.update(die_pitch_x_um=klarf.die_pitch_um[0], die_pitch_y_um=klarf.die_pitch_um[1])
     return out
 
 

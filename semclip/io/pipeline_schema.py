@@ -23,6 +23,7 @@ import pyarrow as pa
 from semclip.io.schema import PREDICTION_SCHEMA, extend_schema, records_to_table
 
 __all__ = [
+    "KLARF_FIELDS",
     "PARTITION_FIELD",
     "PIPELINE_FIELDS",
     "PIPELINE_PREDICTION_SCHEMA",
@@ -38,6 +39,26 @@ def _field(name: str, type_: pa.DataType, description: str, nullable: bool = Tru
     return pa.field(name, type_, nullable=nullable, metadata={"description": description})
 
 
+# The KLARF's own fields for the defect an image shows (null without a matched KLARF). Added
+# after the first layout: partitions written before read them as null (every reader imposes
+# the declared schema, or fills missing columns with nulls in DuckDB: semclip.io.query).
+KLARF_FIELDS: tuple[pa.Field, ...] = (
+    _field("klarf_defect_id", pa.int64(), "KLARF DEFECTID of the matched defect; or null."),
+    _field(
+        "klarf_classnumber",
+        pa.int32(),
+        "KLARF CLASSNUMBER: the inspection tool's own class code; null if none or unmatched.",
+    ),
+    _field("klarf_step", pa.string(), "KLARF StepID: the process step inspected; or null."),
+    _field(
+        "klarf_tool",
+        pa.string(),
+        "KLARF InspectionStationID (manufacturer, model, id joined by spaces); or null.",
+    ),
+    _field("die_pitch_x_um", pa.float64(), "KLARF DiePitch x: die step in µm; or null."),
+    _field("die_pitch_y_um", pa.float64(), "KLARF DiePitch y: die step in µm; or null."),
+)
+
 PIPELINE_FIELDS: tuple[pa.Field, ...] = (
     _field("lot_id", pa.string(), "Lot id from the path regex or a KLARF; null if unknown."),
     _field("wafer_id", pa.string(), "Wafer id from the path regex or a KLARF; null if unknown."),
@@ -48,6 +69,7 @@ PIPELINE_FIELDS: tuple[pa.Field, ...] = (
     _field("y_rel_um", pa.float64(), "Defect y in its die, micrometres (KLARF YREL); or null."),
     _field("flow_run_id", pa.string(), "Id of the flow run that wrote the row; null outside one."),
     _field("inferred_at", _UTC_US, "When the prediction was made (UTC)."),
+    *KLARF_FIELDS,
 )
 
 PIPELINE_PREDICTION_SCHEMA: pa.Schema = extend_schema(PREDICTION_SCHEMA, PIPELINE_FIELDS)
@@ -71,9 +93,14 @@ def pipeline_records_to_table(records: Iterable[Mapping[str, Any]]) -> pa.Table:
     """Build a :data:`PIPELINE_PREDICTION_SCHEMA` table from one mapping per row.
 
     Each record needs exactly the schema's keys (``inferred_at`` a timezone-aware
-    ``datetime``). Raises ``ValueError`` naming the row and field.
+    ``datetime``), except the :data:`KLARF_FIELDS`, which default to null: most images have
+    no KLARF, and writers that predate those columns stay valid. Raises ``ValueError``
+    naming the row and field.
     """
-    return records_to_table(records, schema=PIPELINE_PREDICTION_SCHEMA)
+    klarf_nulls = dict.fromkeys(f.name for f in KLARF_FIELDS)
+    return records_to_table(
+        ({**klarf_nulls, **record} for record in records), schema=PIPELINE_PREDICTION_SCHEMA
+    )
 
 
 def quarantine_records_to_table(records: Iterable[Mapping[str, Any]]) -> pa.Table:

@@ -157,7 +157,7 @@ def connect(
         empty = pa.schema([*PIPELINE_PREDICTION_SCHEMA, PARTITION_FIELD]).empty_table()
         con.register("predictions_empty", empty)
         source = "predictions_empty"
-    con.execute(f"CREATE VIEW predictions_all AS SELECT * FROM {source}")
+    con.execute(f"CREATE VIEW predictions_all AS {_with_declared_columns(con, source)}")
     con.execute(CURRENT_MACRO_SQL)
     name, version = champion if champion is not None else (None, None)
     con.execute(
@@ -165,6 +165,26 @@ def connect(
         f"{_literal(name)}, {_literal(version)})"
     )
     return con
+
+
+def _with_declared_columns(con: duckdb.DuckDBPyConnection, source: str) -> str:
+    """``SELECT`` of ``source`` plus a typed NULL for each declared column its files lack.
+
+    ``union_by_name`` fills a column only some files have; when *none* of the files read has
+    it (every partition predates it, e.g. the KLARF columns), the view still gets it, as null,
+    so queries and the named views (``semclip.report.views``) work on old buckets too.
+    """
+    present = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
+    missing = [f for f in PIPELINE_PREDICTION_SCHEMA if f.name not in present]
+    if not missing:
+        return f"SELECT * FROM {source}"
+    con.register("declared_missing", pa.schema(missing).empty_table())
+    types = dict(
+        con.execute("SELECT column_name, column_type FROM (DESCRIBE declared_missing)").fetchall()
+    )
+    con.unregister("declared_missing")
+    fills = ", ".join(f'CAST(NULL AS {types[f.name]}) AS "{f.name}"' for f in missing)
+    return f"SELECT *, {fills} FROM {source}"
 
 
 def _literal(value: str | None) -> str:

@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import uuid
+from collections.abc import Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -39,6 +40,7 @@ __all__ = [
     "is_local",
     "parquet_bytes",
     "replace_atomically",
+    "replace_bytes_atomically",
     "staging_path",
     "sweep_orphans",
 ]
@@ -88,6 +90,19 @@ def replace_atomically(
     kill leaves it for :func:`sweep_orphans`. Raises the write's own ``OSError`` (say ENOSPC)
     or :class:`StagedFileError` when the staged copy is not what was written.
     """
+    _swap_in(fs, staged, final, data, lambda: _check_staged(fs, staged, len(data), expected_rows))
+
+
+def replace_bytes_atomically(fs: AbstractFileSystem, staged: str, final: str, data: bytes) -> None:
+    """Make ``final`` hold ``data`` (any bytes: a CSV, a PNG) in one step, as
+    :func:`replace_atomically` does for Parquet; the staged copy's size is checked."""
+    _swap_in(fs, staged, final, data, lambda: _check_size(fs, staged, len(data)))
+
+
+def _swap_in(
+    fs: AbstractFileSystem, staged: str, final: str, data: bytes, check: Callable[[], None]
+) -> None:
+    """Write ``staged``, make it durable, ``check`` it, swap it in as ``final``; clean up."""
     try:
         fs.makedirs(staged.rsplit("/", 1)[0], exist_ok=True)
         with fs.open(staged, "wb") as f:
@@ -95,7 +110,7 @@ def replace_atomically(
             if is_local(fs):
                 f.flush()
                 os.fsync(f.fileno())
-        _check_staged(fs, staged, len(data), expected_rows)
+        check()
         if is_local(fs):
             folder = final.rsplit("/", 1)[0]
             os.makedirs(folder, exist_ok=True)
@@ -148,12 +163,17 @@ def _discard(fs: AbstractFileSystem, staged: str) -> None:
     fs.invalidate_cache()
 
 
-def _check_staged(fs: AbstractFileSystem, staged: str, size: int, expected_rows: int) -> None:
-    uri = fs.unstrip_protocol(staged)
+def _check_size(fs: AbstractFileSystem, staged: str, size: int) -> None:
     fs.invalidate_cache()
     actual = fs.size(staged)
     if actual != size:
+        uri = fs.unstrip_protocol(staged)
         raise StagedFileError(f"staged file {uri} has {actual} bytes, {size} were written")
+
+
+def _check_staged(fs: AbstractFileSystem, staged: str, size: int, expected_rows: int) -> None:
+    uri = fs.unstrip_protocol(staged)
+    _check_size(fs, staged, size)
     with fs.open(staged, "rb") as f:
         try:
             rows = pq.ParquetFile(f).metadata.num_rows

@@ -1,0 +1,201 @@
+"""What a yield report asks for (:class:`ReportRequest`) and the figures it gets back.
+
+:func:`gather` opens the current rows of the dates a report needs (its range, and the trend's
+last N nights) through :func:`semclip.io.query.connect`, restricts them to the lots and wafers
+asked for, and reads each figure from its named macro (:mod:`semclip.report.views`), so the
+report and a user's own DuckDB session agree to the row.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+import fsspec
+
+from semclip.config import PredictConfig
+from semclip.io.query import connect
+from semclip.report.views import register_report_views
+
+__all__ = ["ReportData", "ReportRequest", "gather", "parse_date_range", "registry_lookup"]
+
+MAX_RANGE_DAYS = 366
+
+
+def parse_date_range(date: str | None, dates: str | None) -> tuple[dt.date, dt.date]:
+    """``--date D`` or ``--dates A..B`` (both included) as ``(first, last)``; one of the two.
+
+    Raises ``ValueError`` naming the option and what a valid value looks like.
+    """
+    if (date is None) == (dates is None):
+        raise ValueError("give exactly one of --date YYYY-MM-DD or --dates YYYY-MM-DD..YYYY-MM-DD")
+    if date is not None:
+        day = _iso(date, "--date")
+        return day, day
+    assert dates is not None
+    first_text, sep, last_text = dates.partition("..")
+    if not sep:
+        raise ValueError(f"--dates {dates!r}: write the range as YYYY-MM-DD..YYYY-MM-DD")
+    first, last = _iso(first_text, "--dates"), _iso(last_text, "--dates")
+    if first > last:
+        raise ValueError(f"--dates {dates!r}: the first date is after the last")
+    if (last - first).days >= MAX_RANGE_DAYS:
+        raise ValueError(f"--dates {dates!r}: at most {MAX_RANGE_DAYS} days")
+    return first, last
+
+
+def _iso(text: str, option: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"{option} {text!r} is not a date (YYYY-MM-DD)") from None
+
+
+@dataclass(frozen=True)
+class ReportRequest:
+    """One report: a date range, optionally some lots or wafers, and the trend's window."""
+
+    first_date: dt.date
+    last_date: dt.date
+    lots: tuple[str, ...] = ()  # lot ids; empty = all
+    wafers: tuple[str, ...] = ()  # wafer ids, or "LOT/WAFER"; empty = all
+    nights: int = 7  # the density trend covers the last `nights` nights up to last_date
+    min_probability: float = PredictConfig.review_min_probability  # "low confidence" below it
+    review_margin: float | None = None  # top-1 minus top-2 below it: "small margin"
+
+    def __post_init__(self) -> None:
+        if self.first_date > self.last_date:
+            raise ValueError(f"report dates: {self.first_date} is after {self.last_date}")
+        if self.nights < 1:
+            raise ValueError(f"report nights: {self.nights} (must be at least 1)")
+
+    @property
+    def label(self) -> str:
+        """``2026-11-01`` or ``2026-11-01..2026-11-07``: the report's name and its folder's."""
+        if self.first_date == self.last_date:
+            return self.first_date.isoformat()
+        return f"{self.first_date.isoformat()}..{self.last_date.isoformat()}"
+
+    def dates_read(self) -> list[dt.date]:
+        """The range and the trend's window: every partition the report reads."""
+        start = min(self.first_date, self.last_date - dt.timedelta(days=self.nights - 1))
+        return [start + dt.timedelta(days=i) for i in range((self.last_date - start).days + 1)]
+
+
+@dataclass(frozen=True)
+class ReportData:
+    """The figures of one report, each as the rows its macro returned (dicts)."""
+
+    request: ReportRequest
+    rows: int  # current rows in the range (after the lot/wafer filter)
+    model_versions: list[tuple[str, str]]  # (name, version) of those rows
+    pareto: list[dict[str, Any]]
+    pareto_by_lot: list[dict[str, Any]]
+    counts: list[dict[str, Any]]
+    trend: list[dict[str, Any]]
+    review: list[dict[str, Any]]
+    wafer_points: list[dict[str, Any]]
+    random_versions: list[str] = field(default_factory=list)  # "name vN" of random backbones
+
+    @property
+    def needs_review(self) -> int:
+        return sum(r["n"] for r in self.review)
+
+
+def gather(
+    fs: fsspec.AbstractFileSystem,
+    root: str,
+    request: ReportRequest,
+    *,
+    champion: tuple[str, str] | None = None,
+    random_backbone: Callable[[str, str], bool] | None = None,
+) -> ReportData:
+    """Read every figure of ``request`` from the bucket's current rows (see module doc).
+
+    ``random_backbone(name, version)`` says whether a version was fitted on a random-weight
+    backbone (the registry's ``semclip.random_backbone`` tag, :func:`registry_lookup`); the
+    rows themselves do not record it. Those versions go to ``random_versions`` (the banner).
+    """
+    con = connect(fs, root, request.dates_read(), champion=champion)
+    _restrict(con, request.lots, request.wafers)
+    register_report_views(con)
+    span = [request.first_date, request.last_date]
+    review_args = [*span, request.min_probability, request.review_margin]
+    ((rows,),) = _fetch(con, "SELECT count(*) FROM report_rows(?, ?)", span, tuples=True)
+    versions = _fetch(
+        con,
+        "SELECT DISTINCT model_name, model_version FROM report_rows(?, ?) ORDER BY ALL",
+        span,
+        tuples=True,
+    )
+    return ReportData(
+        request=request,
+        rows=int(rows),
+        model_versions=[(str(n), str(v)) for n, v in versions],
+        pareto=_fetch(con, "SELECT * FROM defect_pareto(?, ?)", span),
+        pareto_by_lot=_fetch(con, "SELECT * FROM defect_pareto_by_lot(?, ?)", span),
+        counts=_fetch(con, "SELECT * FROM defect_counts(?, ?)", span),
+        trend=_fetch(
+            con,
+            "SELECT * FROM defect_density_trend(?, ?)",
+            [request.last_date, request.nights],
+        ),
+        review=_fetch(con, "SELECT * FROM review_share(?, ?, ?, ?)", review_args),
+        wafer_points=_fetch(con, "SELECT * FROM wafer_map_points(?, ?)", span),
+        random_versions=[
+            f"{n} v{v}" for n, v in versions if random_backbone and random_backbone(n, v)
+        ],
+    )
+
+
+def registry_lookup(registry: Any) -> Callable[[str, str], bool]:
+    """``random_backbone(name, version)`` from a :class:`semclip.registry.client.Registry`.
+
+    A version the registry no longer has counts as random (flag loudly rather than pass a
+    plumbing check off as quality): its tag cannot be read.
+    """
+    from semclip.registry.refs import ModelNotFoundError
+
+    def lookup(name: str, version: str) -> bool:
+        try:
+            return bool(registry.resolve(f"models:/{name}/{version}").random_backbone)
+        except ModelNotFoundError:
+            return True
+
+    return lookup
+
+
+def _restrict(con: duckdb.DuckDBPyConnection, lots: Sequence[str], wafers: Sequence[str]) -> None:
+    """Narrow the ``predictions`` view to ``lots`` and ``wafers`` (id, or ``LOT/WAFER``)."""
+    if not lots and not wafers:
+        return
+    con.execute("ALTER VIEW predictions RENAME TO predictions_unrestricted")
+    conditions = []
+    if lots:
+        conditions.append(f"lot_id IN ({_list(lots)})")
+    if wafers:
+        conditions.append(
+            f"(wafer_id IN ({_list(wafers)}) OR lot_id || '/' || wafer_id IN ({_list(wafers)}))"
+        )
+    con.execute(
+        "CREATE VIEW predictions AS SELECT * FROM predictions_unrestricted WHERE "
+        + " AND ".join(conditions)
+    )
+
+
+def _list(values: Sequence[str]) -> str:
+    return ", ".join("'" + v.replace("'", "''") + "'" for v in values)
+
+
+def _fetch(
+    con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any], *, tuples: bool = False
+) -> list[Any]:
+    cursor = con.execute(sql, list(params))
+    rows = cursor.fetchall()
+    if tuples:
+        return rows
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in rows]
