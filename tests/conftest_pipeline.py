@@ -186,6 +186,9 @@ def use_environment(
     monkeypatch.setenv("SEMCLIP_MODEL_NAME", registry.model_name)
     monkeypatch.setenv("SEMCLIP_BATCH_SIZE", "4")
     monkeypatch.setenv("SEMCLIP_TIMEZONE", "UTC")
+    # The nightly's report step (on in production) is tested in test_report_flow.py; the other
+    # flow tests skip its rendering, which would double their time.
+    monkeypatch.setenv("SEMCLIP_NIGHTLY_REPORT", "false")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", registry.tracking_uri)
     if endpoint_url:
         monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint_url)

@@ -47,6 +47,7 @@ def test_nightly_ends_with_the_report_and_the_klarf_export(
     kit: Kit, pipeline_env: PipelineEnv, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fs, root = pipeline_env.fs, pipeline_env.root
+    monkeypatch.setenv("SEMCLIP_NIGHTLY_REPORT", "true")  # the product's default
     monkeypatch.setenv("SEMCLIP_NIGHTLY_KLARF_EXPORT", "true")
     kit.write_raw_dump(fs, root, kit.RUN_DATE, 6, corrupt=False)
     klarf = f"{root}/raw/{kit.RUN_DATE}/LOT7/W03/W03.klarf"
