@@ -6,7 +6,7 @@ export SEMCLIP_HOME
 
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo backbone test lint format clean
+.PHONY: install demo backbone bench-shards test lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ demo: $(STAMP)
 # Passive OpenMP waits: on a shared machine spinning threads made each step 2x slower.
 backbone: $(STAMP)
 	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/semclip pretrain
+
+# Nightly shards on Dask: 2,000 tiny-config images, 1 worker against 2 (img/s and the ratio).
+bench-shards: $(STAMP)
+	$(VENV)/bin/python benchmarks/bench_shards.py --images 2000 --workers 1,2
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -5,6 +5,11 @@ predict shard by shard (one GPU job at a time, through the strict "semclip-gpu" 
 predictions/date=<date>/ as the union of the rows kept and the new ones → report counts. The
 per-date lock "semclip-date-<date>" is held from reading the done hashes to the write, so two
 runs of one date (nightly and backfill) end with the union of their rows.
+
+Shards run in the flow's process, or on Dask workers (:mod:`flows.shards`,
+``SEMCLIP_TASK_RUNNER``): a run holds one "semclip-gpu" slot for its whole cluster (the limit
+counts pipeline runs, not GPUs), and only the flow's process writes the partition, so the
+per-date lock and the atomic partition swap hold however many workers predict.
 Re-runs and backfills of a date are idempotent: images already predicted by the same model
 version (same bytes) are kept, not recomputed.
 """
@@ -20,6 +25,7 @@ from pydantic import BaseModel
 
 from flows.params import NightlyParams
 from flows.report import after_nightly
+from flows.shards import run_shards, shard_plan
 from semclip.registry.client import Registry
 from semclip.registry.refs import ModelRef
 from semclip.settings import get_settings
@@ -58,6 +64,9 @@ class NightlyReport(BaseModel):
     rows_total: int  # rows in the partition after the write
     partition_uri: str | None
     klarf_errors: list[str] = []
+    shard_runner: str = "sequential (in the flow's process)"  # ShardPlan.describe()
+    workers: list[str] = []  # who ran the shards: Dask worker addresses (or host) and pids
+    predict_s: float = 0.0  # wall time of the shards (a cluster's start-up left out)
 
     def markdown(self) -> str:
         """The run summary shown in the Prefect UI."""
@@ -72,6 +81,9 @@ class NightlyReport(BaseModel):
             f"| {self.rows_total} |",
             "",
             f"partition: `{self.partition_uri}`",
+            "",
+            f"shards: {self.shard_runner}; {len(self.workers)} worker(s) ran them in "
+            f"{self.predict_s:.1f} s",
         ]
         if self.random_backbone:
             lines[:0] = [f"> **{RANDOM_BACKBONE_BANNER}**", ""]
@@ -108,6 +120,8 @@ def nightly_inference(
         "timeout_s": settings.slot_timeout_s,
         "flow_run_id": run_id,
     }
+    plan = shard_plan(settings)
+    logger.info("shards: %s", plan.describe())
     shards: list[ShardResult] = []
     # One writer per date, from reading what is done to writing the union: another run of
     # this date (a backfill) waits here, then reads this run's rows. Taken before the GPU
@@ -115,32 +129,41 @@ def nightly_inference(
     try:
         with hold_slot(date_limit(params.run_date), create=True, **slots):
             done = read_done_hashes(bucket, params.run_date, model.version)
-            with hold_slot(GPU_LIMIT, **slots):
-                for index, start in enumerate(range(0, len(uris), settings.batch_size)):
-                    shard = uris[start : start + settings.batch_size]
-                    fields = {uri: described.fields[uri] for uri in shard}
-                    shards.append(
-                        predict_shard(
-                            bucket,
-                            registry,
-                            model,
-                            params.run_date,
-                            index,
-                            shard,
-                            fields=fields,
-                            done_hashes=done,
-                            flow_run_id=run_id,
-                            tiff_page=settings.tiff_page,
-                            pixel_size_nm=settings.pixel_size_nm,
-                            max_image_pixels=settings.max_image_pixels,
-                        )
-                    )
+            calls = [
+                {
+                    "bucket": bucket,
+                    "registry": registry,
+                    "model": model,
+                    "run_date": params.run_date,
+                    "index": index,
+                    "uris": shard,
+                    "fields": {uri: described.fields[uri] for uri in shard},
+                    "done_hashes": done,
+                    "flow_run_id": run_id,
+                    "tiff_page": settings.tiff_page,
+                    "pixel_size_nm": settings.pixel_size_nm,
+                    "max_image_pixels": settings.max_image_pixels,
+                }
+                for index, shard in enumerate(_batches(uris, settings.batch_size))
+            ]
+            with hold_slot(GPU_LIMIT, **slots):  # one slot for the run, whatever its workers
+                outcome = run_shards(plan, predict_shard, calls)
+            shards = outcome.results
+            outcome.raise_first_error()
+            # only what successful shards returned: a dead attempt's file is never merged
             staged = [s.staged_uri for s in shards if s.staged_uri]
             written = write_predictions(bucket, params.run_date, staged, run_id)
     except Exception:
         discard_staged(bucket, [s.staged_uri for s in shards if s.staged_uri])
         raise
     report = _report(params.run_date, model, len(uris), shards, written, described.klarf_errors)
+    report = report.model_copy(
+        update={
+            "shard_runner": plan.describe(),
+            "workers": sorted({s.worker for s in shards}),
+            "predict_s": round(outcome.seconds, 3),
+        }
+    )
     logger.info(
         "%s: %d images, %d predicted, %d kept, %d quarantined, %d rows in %s",
         report.run_date,
@@ -154,6 +177,11 @@ def nightly_inference(
     create_markdown_artifact(report.markdown(), key="nightly-inference-report")
     after_nightly(params.run_date, settings)  # yield report, KLARF write-back: by settings
     return report
+
+
+def _batches(uris: list[str], size: int) -> list[list[str]]:
+    """The shards: consecutive runs of ``size`` URIs (the inference batch size)."""
+    return [uris[start : start + size] for start in range(0, len(uris), size)]
 
 
 def _report(

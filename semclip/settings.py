@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -99,6 +99,28 @@ class SemclipSettings(BaseSettings):
         "quarantined with the reason, and the run goes on.",
     )
     batch_size: int = Field(32, ge=1, description="Images per inference batch.")
+    task_runner: Literal["auto", "sequential", "dask"] = Field(
+        "auto",
+        description="How the nightly runs its shards: sequential (in the flow's process) or "
+        "dask (prefect-dask); auto: dask when SEMCLIP_DASK_ADDRESS is set or the machine gets "
+        "2+ workers, else sequential.",
+    )
+    dask_address: str | None = Field(
+        None,
+        description="Scheduler of an existing Dask cluster (tcp://host:8786: dask-kubernetes, "
+        "dask-jobqueue, Coiled); unset: a LocalCluster started by the run.",
+    )
+    dask_workers: int | None = Field(
+        None,
+        ge=1,
+        description="Workers of the LocalCluster; unset: one per GPU, else one per 2 CPU "
+        "cores. Torch threads per worker = cores / workers.",
+    )
+    dask_processes: bool = Field(
+        True,
+        description="LocalCluster workers as processes (own model copy and torch threads; a "
+        "crash takes one worker); false: threads of the flow's process, no start-up cost.",
+    )
     slot_lease_s: int = Field(
         60,
         ge=60,

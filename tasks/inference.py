@@ -17,6 +17,7 @@ import datetime as dt
 import hashlib
 import logging
 import os
+import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +34,7 @@ from semclip.io.partitions import PartitionWrite, read_partition, write_partitio
 from semclip.io.paths import links_outside_bucket, list_raw_images
 from semclip.io.pipeline_schema import PIPELINE_PREDICTION_SCHEMA, pipeline_records_to_table
 from semclip.io.quarantine import write_quarantine
-from semclip.io.staging import is_local, staging_path
+from semclip.io.staging import is_local, parquet_bytes, replace_atomically, staging_path
 from semclip.prediction import Prediction, fill_pixel_size
 from semclip.registry.client import Registry
 from semclip.registry.refs import ModelRef
@@ -66,6 +67,7 @@ class ShardResult:
     n_kept: int  # already in the partition for this model version: not recomputed
     n_quarantined: int
     quarantine_uri: str | None
+    worker: str = ""  # who ran it: a Dask worker's address, else the host; and the pid
 
 
 @dataclass(frozen=True)
@@ -170,7 +172,9 @@ def predict_shard(
     table = prediction_rows(good, fields, flow_run_id, dt.datetime.now(dt.UTC))
     staged = _stage(fs, root, run_date, flow_run_id, index, table) if table.num_rows else None
     quarantined = write_quarantine(fs, root, run_date, quarantine)
-    return ShardResult(index, staged, len(uris), len(good), n_kept, len(quarantine), quarantined)
+    return ShardResult(
+        index, staged, len(uris), len(good), n_kept, len(quarantine), quarantined, _worker()
+    )
 
 
 @task(name="write_predictions", **IO_RETRIES)
@@ -229,12 +233,28 @@ def _quarantine_row(uri: str, reason: str | None, flow_run_id: str | None) -> di
 def _stage(
     fs: Any, root: str, run_date: dt.date, flow_run_id: str | None, index: int, table: pa.Table
 ) -> str:
+    """Write a shard's rows to ``…-<run id>-shard-<index>.parquet``, whole or not at all.
+
+    The name carries the run id and the shard index (and a fresh stamp and token: a retried
+    shard never meets its dead attempt's file); the bytes go to a ``.partial`` copy first,
+    are read back and swapped in (:func:`~semclip.io.staging.replace_atomically`), so a
+    worker killed mid-write leaves only a partial orphan that the sweep removes.
+    """
     run = flow_run_id or "local"
     path = staging_path(root, "nightly", run_date, f"{run}-shard-{index:05d}.parquet")
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    with fs.open(path, "wb") as f:
-        pq.write_table(table, f)
+    replace_atomically(fs, f"{path}.partial", path, parquet_bytes(table), table.num_rows)
     return fs.unstrip_protocol(path)
+
+
+def _worker() -> str:
+    """``<Dask worker address> (pid N)`` inside a Dask worker, else ``<host> (pid N)``."""
+    try:
+        from distributed import get_worker
+
+        where = get_worker().address
+    except (ImportError, ValueError):  # not in a Dask worker (the sequential path)
+        where = socket.gethostname()
+    return f"{where} (pid {os.getpid()})"
 
 
 def _read_staged(fs: Any, uri: str) -> pa.Table:

@@ -179,8 +179,19 @@ def use_environment(
     registry: Registry,
 ) -> None:
     """Point every SEMCLIP_* setting a flow reads at this test's home, bucket and registry."""
-    for name in ("SEMCLIP_CONFIG", "SEMCLIP_BACKBONE", "SEMCLIP_PRETRAINED", "MLFLOW_REGISTRY_URI"):
+    for name in (
+        "SEMCLIP_CONFIG",
+        "SEMCLIP_BACKBONE",
+        "SEMCLIP_PRETRAINED",
+        "MLFLOW_REGISTRY_URI",
+        "SEMCLIP_DASK_ADDRESS",
+        "SEMCLIP_DASK_WORKERS",
+        "SEMCLIP_DASK_PROCESSES",
+    ):
         monkeypatch.delenv(name, raising=False)
+    # shards in the flow's process whatever the machine ("auto" would start a Dask cluster
+    # per flow run on 4+ cores); tests/test_flows_dask.py sets dask where it is the subject
+    monkeypatch.setenv("SEMCLIP_TASK_RUNNER", "sequential")
     monkeypatch.setenv("SEMCLIP_HOME", str(home))
     monkeypatch.setenv("SEMCLIP_BUCKET", bucket_url)
     monkeypatch.setenv("SEMCLIP_MODEL_NAME", registry.model_name)
