@@ -157,6 +157,23 @@ class SemclipSettings(BaseSettings):
         description="Hold-out images each class the candidate knows (good included) needs "
         "before the gate judges; fewer: 'insufficient', champion stays.",
     )
+    review_margin: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="`semclip review export`: a row whose top-1 minus top-2 class probability "
+        "is below this needs review (reason small_margin).",
+    )
+    drift_threshold: float = Field(
+        0.25,
+        gt=0.0,
+        description="Drift score (max of class-histogram JS divergence, score-quantile shift "
+        "and CLS-embedding cosine distance to the reference nights) above which the nightly "
+        "report flags drift and emits the Prefect event semclip.drift.flagged.",
+    )
+    drift_window: int = Field(
+        7, ge=1, description="Reference window of the drift score: the previous N nights."
+    )
     mlflow_tracking_uri: str | None = Field(
         None,
         validation_alias=_standard("mlflow_tracking_uri"),

@@ -36,6 +36,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "semclip.cli.export_cmd",
         "export a fitted model (encoder + heads) to ONNX, checked against eager",
     ),
+    "review": (
+        "semclip.cli.review_cmd",
+        "review loop: export rows that need review, import engineers' decisions",
+    ),
     "promote": (
         "semclip.cli.promote_cmd",
         "point the champion alias at a registered model version",
