@@ -16,6 +16,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "semclip.cli.eval_cmd",
         "few-shot evaluation (paper protocol): metrics.json, report.md, plots",
     ),
+    "eval-al": (
+        "semclip.cli.eval_al_cmd",
+        "active learning measured: review picks vs random picks, same budget",
+    ),
     "compare": (
         "semclip.cli.compare_cmd",
         "several evaluations side by side, one column per backbone",
