@@ -30,6 +30,7 @@ from semclip.registry.client import Registry
 from semclip.registry.refs import ModelRef
 from semclip.settings import get_settings
 from tasks.common import GPU_LIMIT, BucketRef, current_flow_run_id, date_limit, hold_slot
+from tasks.drift import DriftOutcome, drift_or_error
 from tasks.inference import (
     ShardResult,
     WriteResult,
@@ -67,6 +68,7 @@ class NightlyReport(BaseModel):
     shard_runner: str = "sequential (in the flow's process)"  # ShardPlan.describe()
     workers: list[str] = []  # who ran the shards: Dask worker addresses (or host) and pids
     predict_s: float = 0.0  # wall time of the shards (a cluster's start-up left out)
+    drift: DriftOutcome | None = None  # the drift summary's score, flag (or why it is missing)
 
     def markdown(self) -> str:
         """The run summary shown in the Prefect UI."""
@@ -88,6 +90,10 @@ class NightlyReport(BaseModel):
         if self.random_backbone:
             lines[:0] = [f"> **{RANDOM_BACKBONE_BANNER}**", ""]
         lines += [f"- KLARF skipped: {e}" for e in self.klarf_errors]
+        if self.drift is not None:
+            lines += ["", self.drift.line]
+            if self.drift.flagged:
+                lines[:0] = [f"> **DRIFT FLAGGED**: {self.drift.line}", ""]
         return "\n".join(lines)
 
 
@@ -163,6 +169,9 @@ def nightly_inference(
             "workers": sorted({s.worker for s in shards}),
             "predict_s": round(outcome.seconds, 3),
         }
+    )
+    report.drift = drift_or_error(
+        bucket, params.run_date, model, settings.drift_window, settings.drift_threshold
     )
     logger.info(
         "%s: %d images, %d predicted, %d kept, %d quarantined, %d rows in %s",

@@ -29,6 +29,7 @@ class HeadOutputs:
     class_map: torch.Tensor  # (B, S, S) per-pixel argmax over defect classes (class indices)
     clip_map: torch.Tensor | None = None  # (B, S, S) smoothed (S_v + S_n) / 2, before the bank
     membank_map: torch.Tensor | None = None  # (B, S, S) smoothed memory-bank map, when computed
+    cls_embedding: torch.Tensor | None = None  # (B, embed) unit CLS in the joint space (drift)
 
 
 @torch.no_grad()
@@ -74,7 +75,10 @@ def run_heads(
     class_map = defect_probs.argmax(dim=1)
 
     probs, p_clip, p_clip_proj, p_head = class_probabilities(heads, tokens, vv, calibration)
-    return HeadOutputs(probs, p_clip, p_clip_proj, p_head, score, class_map, clip_map, knn_map)
+    cls_embedding = torch.nn.functional.normalize(vv[:, -1, 0].float(), dim=-1)  # (B, embed)
+    return HeadOutputs(
+        probs, p_clip, p_clip_proj, p_head, score, class_map, clip_map, knn_map, cls_embedding
+    )
 
 
 def class_probabilities(

@@ -25,6 +25,7 @@ from semclip.data.dataset import GOOD, Dataset
 from semclip.data.images import ImageReadError, LoadedImage, read_image
 from semclip.data.masks import read_mask
 from semclip.data.prefetch import Decoded, DecodedBatch, decode_workers, prefetch_batches
+from semclip.drift.embedding import EmbeddingSum
 from semclip.encoder import DualPathEncoder
 from semclip.feature_cache import FeatureCache, entry_key
 from semclip.features import (
@@ -302,11 +303,15 @@ class SemclipModel:
         config: PredictConfig | None = None,
         progress: Progress | None = None,
         cache: FeatureCache | None = None,
+        embeddings: EmbeddingSum | None = None,
     ) -> list[Prediction]:
         """Predict every image; an unreadable one gets a row with `error`, never a failed batch.
 
         The next batches are read, decoded and preprocessed in `config.decode_workers` threads
         while the model runs the current one (`semclip.data.prefetch`).
+
+        ``embeddings``, when given, receives the unit CLS embedding of every image predicted
+        (not of failed ones): what the drift summary averages, without a column in the rows.
         """
         config = config or self.predict_config
         uris = (
@@ -316,7 +321,9 @@ class SemclipModel:
             raise ValueError(f"{len(images)} images but {len(uris)} uris")
         results: list[Prediction] = []
         for sl, decoded in self._decoded_batches(images, uris, config):
-            results.extend(self._predict_batch(images[sl], uris[sl], config, cache, decoded))
+            results.extend(
+                self._predict_batch(images[sl], uris[sl], config, cache, decoded, embeddings)
+            )
             if progress:
                 progress(sl.stop - sl.start)
         return results
@@ -357,6 +364,7 @@ class SemclipModel:
         config: PredictConfig,
         cache: FeatureCache | None = None,
         decoded: DecodedBatch[LoadedImage | Prediction] | None = None,
+        embeddings: EmbeddingSum | None = None,
     ) -> list[Prediction]:
         if decoded is None:  # one image again after a failed batch: decode it here
             decoded = self._decode_inline(images, uris, config)
@@ -378,7 +386,9 @@ class SemclipModel:
                     )
                     return loaded  # type: ignore[return-value]
                 for i in ok:  # unreadable rows keep their place
-                    loaded[i] = self._predict_batch([images[i]], [uris[i]], config, cache)[0]
+                    loaded[i] = self._predict_batch(
+                        [images[i]], [uris[i]], config, cache, embeddings=embeddings
+                    )[0]
                 return loaded  # type: ignore[return-value]
             probs = outputs.probs.float().cpu()  # one copy for the batch
             by_row = dict(zip(good, masks, strict=True))
@@ -388,6 +398,9 @@ class SemclipModel:
                     if j in by_row
                     else self._failed(uris[i], _non_finite(outputs, j), loaded[i].sha256)
                 )
+            if embeddings is not None and outputs.cls_embedding is not None and good:
+                rows = torch.tensor(good, device=outputs.cls_embedding.device)
+                embeddings.add(outputs.cls_embedding.index_select(0, rows).float().cpu().numpy())
         return loaded  # type: ignore[return-value]
 
     def _decode_inline(

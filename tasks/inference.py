@@ -28,6 +28,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from semclip.config import DEFAULT_MAX_IMAGE_PIXELS
+from semclip.drift.embedding import EmbeddingSum, write_embedding_sum
 from semclip.io import klarf_join
 from semclip.io.fetch import fetch_bytes
 from semclip.io.partitions import PartitionWrite, read_partition, write_partition
@@ -158,12 +159,15 @@ def predict_shard(
             todo.append((uri, value))
     n_kept = len(uris) - len(todo) - len(quarantine)
     predictions: list[Prediction] = []
+    embeddings = EmbeddingSum()  # the drift summary's mean CLS embedding; not in the rows
     if todo:
         loaded = registry.load_cached(model)
         config = dataclasses.replace(
             loaded.predict_config, tiff_page=tiff_page, max_image_pixels=max_image_pixels
         )
-        predictions = loaded.predict([b for _, b in todo], uris=[u for u, _ in todo], config=config)
+        predictions = loaded.predict(
+            [b for _, b in todo], uris=[u for u, _ in todo], config=config, embeddings=embeddings
+        )
     # the file's own pixel size wins; SEMCLIP_PIXEL_SIZE_NM fills in where it has none
     good = [fill_pixel_size(p, pixel_size_nm, "setting") for p in predictions if p.ok]
     quarantine += [
@@ -171,6 +175,16 @@ def predict_shard(
     ]
     table = prediction_rows(good, fields, flow_run_id, dt.datetime.now(dt.UTC))
     staged = _stage(fs, root, run_date, flow_run_id, index, table) if table.num_rows else None
+    write_embedding_sum(
+        fs,
+        root,
+        run_date,
+        embeddings,
+        model_name=model.name,
+        model_version=model.version,
+        flow_run_id=flow_run_id,
+        shard=index,
+    )
     quarantined = write_quarantine(fs, root, run_date, quarantine)
     return ShardResult(
         index, staged, len(uris), len(good), n_kept, len(quarantine), quarantined, _worker()
