@@ -34,12 +34,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Reasons: low_confidence (top probability below the model's "
         "review_min_probability), small_margin (top-1 minus top-2 below SEMCLIP_REVIEW_MARGIN), "
         "mask_disagrees (mask vs class), unknown_klarf_code (KLARF CLASSNUMBER not in "
-        "SEMCLIP_CLASS_CODES).",
+        "the class-code map of klarf-export: the prompt file's class_codes:, "
+        "SEMCLIP_CLASS_CODES over it).",
     )
     export.add_argument("--date", required=True, help="the night, YYYY-MM-DD")
     export.add_argument("--limit", type=int, default=100, help="most images exported (100)")
     export.add_argument(
         "--margin", type=float, default=None, help="override SEMCLIP_REVIEW_MARGIN for this run"
+    )
+    export.add_argument(
+        "--prompts",
+        default=None,
+        help="prompt file whose class_codes: is the class-code map (default: packaged; "
+        "SEMCLIP_CLASS_CODES over it, as for klarf-export)",
     )
     export.set_defaults(func=run_export)
     imp = sub.add_parser(
@@ -76,9 +83,12 @@ def run_export(args: argparse.Namespace) -> int:
     except ValueError:
         print(f"semclip review export: --date {args.date!r} is not YYYY-MM-DD", file=sys.stderr)
         return 2
+    from semclip.io.klarf_export import load_class_codes
+
     settings, fs, root = _bucket()
     margin = settings.review_margin if args.margin is None else args.margin
-    rule = ReviewRule(margin=margin, class_codes=known_class_codes())
+    codes = known_class_codes(load_class_codes(args.prompts, settings.class_codes))
+    rule = ReviewRule(margin=margin, class_codes=codes)
     result = export_review(
         fs, root, run_date, rule=rule, limit=args.limit, champion=_champion(settings)
     )
