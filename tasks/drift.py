@@ -40,7 +40,7 @@ class DriftOutcome(BaseModel):
     error: str | None = None
 
 
-@task(name="summarize_drift", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10)
+@task(name="summarize_drift", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
 def summarize_drift(
     bucket: BucketRef, run_date: dt.date, model: ModelRef, window: int, threshold: float
 ) -> DriftOutcome:

@@ -277,3 +277,39 @@ def test_import_names_a_file_it_cannot_use(bucket: BucketCase, tmp_path: Path) -
         import_review(bucket.fs, bucket.root, str(bad), reviewer="ana")
     with pytest.raises(ReviewImportError, match="cannot be read"):
         import_review(bucket.fs, bucket.root, "review/none.csv", reviewer="ana")
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def test_review_commands_export_then_import(
+    kit: Kit,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    empty_registry: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from semclip.cli import main
+    from semclip.io.bucket import open_bucket
+
+    url = f"file://{tmp_path / 'bucket'}"
+    fs, root = open_bucket(url, create=True)
+    kit.use_environment(monkeypatch, tmp_path / "home", url, None, empty_registry)
+    monkeypatch.setenv("SEMCLIP_CLASS_CODES", "particle=3")
+    case = type("Case", (), {"fs": fs, "root": root})()
+    _seed_night(case, kit)  # type: ignore[arg-type]
+
+    assert main(["review", "export", "--date", DAY.isoformat(), "--limit", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "2 of 4 rows needing review exported" in out and "small_margin 2" in out
+    index = pd.read_csv(f"{review_folder(root, DAY)}/index.csv")
+    index["label"] = ["scratch", None]
+    decisions = tmp_path / "decisions.csv"
+    index.to_csv(decisions, index=False)
+
+    assert main(["review", "import", str(decisions), "--reviewer", "ana"]) == 0
+    out = capsys.readouterr().out
+    assert "1 decision(s) confirmed" in out and "1 row(s) without a label skipped" in out
+    shots = load_confirmed(fs, root).frame
+    assert list(shots["label"]) == ["scratch"] and list(shots["reviewer"]) == ["ana"]
+    assert main(["review", "export", "--date", "2026-13-01"]) == 2
