@@ -84,7 +84,7 @@ def _events(name: str, wait_s: float = 20.0) -> list[Any]:
     deadline = time.monotonic() + wait_s
     while True:
         with get_client(sync_client=True) as client:
-            page = client.read_events(EventFilter(event=EventNameFilter(name=[name])))
+            page = client.read_events(EventFilter(event=EventNameFilter(name=[name])), limit=50)
         if page.events or time.monotonic() > deadline:
             return page.events
         time.sleep(0.5)
