@@ -182,6 +182,14 @@ def test_top_level_help_imports_no_command_module() -> None:
     assert result.stdout.split() == ["True", "False", "True", "False", "False"]
 
 
+def _leaf_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """The parsers that run something: ``parser`` itself, or those of its sub-commands."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        return [parser]
+    return [leaf for a in subs for child in a.choices.values() for leaf in _leaf_parsers(child)]
+
+
 def test_every_command_registers_under_its_name() -> None:
     from semclip.cli import COMMANDS, build_parser
 
@@ -189,7 +197,10 @@ def test_every_command_registers_under_its_name() -> None:
         parser = build_parser([name])
         sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         assert sub.choices[name].prog == f"semclip {name}"
-        assert callable(sub.choices[name].get_default("func")), f"{name}: the full parser"
+        command = sub.choices[name]
+        for parser in _leaf_parsers(command):  # `review export`, `review import`
+            func = parser.get_default("func") or command.get_default("func")
+            assert callable(func), f"{parser.prog}: the full parser"
         others = [c for c in COMMANDS if c != name]
         assert all(sub.choices[c].get_default("func") is None for c in others)
 
@@ -257,12 +268,13 @@ def test_every_option_of_every_command_says_what_it_does() -> None:
     for name in COMMANDS:
         parser = build_parser([name])
         sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        for action in sub.choices[name]._actions:
-            if isinstance(action, argparse._HelpAction) or not action.option_strings:
-                continue
-            words = (action.help or "").replace("(recipe)", "").split()
-            if len(words) < 3:
-                missing.append(f"semclip {name} {action.option_strings[-1]}: {action.help!r}")
+        for parser in _leaf_parsers(sub.choices[name]):
+            for action in parser._actions:
+                if isinstance(action, argparse._HelpAction) or not action.option_strings:
+                    continue
+                words = (action.help or "").replace("(recipe)", "").split()
+                if len(words) < 3:
+                    missing.append(f"{parser.prog} {action.option_strings[-1]}: {action.help!r}")
     assert not missing, "\n".join(missing)
 
 
