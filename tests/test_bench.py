@@ -117,3 +117,23 @@ def test_cli_bench_refuses_cuda_without_a_gpu(capsys: pytest.CaptureFixture) -> 
 def test_cli_bench_rejects_a_negative_batch(capsys: pytest.CaptureFixture) -> None:
     assert main(["bench", "--batch-size", "-1"]) == 2
     assert "--batch-size must be >= 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("backbone", "applies"),
+    [("ViT-B-16-plus-240 [RANDOM WEIGHTS (not pretrained)]", True), ("semclip-tiny [x]", False)],
+)
+def test_bench_judges_only_the_backbone_its_targets_are_for(backbone: str, applies: bool) -> None:
+    """Issue 11: the targets are ViT-B-16-plus-240's; another backbone gets no verdict."""
+    from semclip.eval.bench import BenchResult, Phase
+
+    names = ("encode_image", "dual_path", "predict", "finetune_aug", "forward_aug")
+    phases = {n: Phase(n, 8, 1.0 + i, 100.0, 1.0) for i, n in enumerate(names)}
+    phases |= {n: Phase(n, 8, 1.0, 100.0, 1.0) for n in ("finetune_plain", "forward_plain")}
+    result = BenchResult(backbone, "cpu", False, 8, 240, 240, 2, 1.0, phases)
+
+    text = format_bench(result)
+
+    # b/a = 2.0 and c/a = 3.0: both over the CPU targets
+    assert ("NOT met" in text) is applies
+    assert ("target not applicable: set for ViT-B-16-plus-240" in text) is not applies
