@@ -75,7 +75,9 @@ def test_imported_decisions_reach_the_next_refit(
         assert support["D0000.png"]["mask"] == "array"
 
 
-def _events(name: str, wait_s: float = 20.0) -> list[Any]:
+def _events(name: str, wait_s: float = 30.0, until: Any = None) -> list[Any]:
+    """Events named ``name``; waits (events reach the server asynchronously) until one
+    satisfies ``until`` (default: any event at all)."""
     from prefect.client.orchestration import get_client
     from prefect.events.filters import EventFilter, EventNameFilter
     from prefect.events.worker import EventsWorker
@@ -85,7 +87,8 @@ def _events(name: str, wait_s: float = 20.0) -> list[Any]:
     while True:
         with get_client(sync_client=True) as client:
             page = client.read_events(EventFilter(event=EventNameFilter(name=[name])), limit=50)
-        if page.events or time.monotonic() > deadline:
+        found = [e for e in page.events if until is None or until(e)]
+        if found or time.monotonic() > deadline:
             return page.events
         time.sleep(0.5)
 
@@ -115,13 +118,15 @@ def test_nightly_writes_the_drift_summary_and_flags_a_drifted_night(
     assert "DRIFT FLAGGED" in second.markdown()
     events = _events(DRIFT_EVENT)
     assert any(e.resource.id == f"semclip.drift.{second_day}" for e in events)
+
     # The session's server also holds other tests' events of this date: find this run's.
-    ours = [
-        e
-        for e in events
-        if e.resource.id == f"semclip.drift.{second_day}"
-        and e.payload["score"] == pytest.approx(second.drift.score)
-    ]
+    def is_ours(e: Any) -> bool:
+        return e.resource.id == f"semclip.drift.{second_day}" and e.payload[
+            "score"
+        ] == pytest.approx(second.drift.score)
+
+    events = _events(DRIFT_EVENT, until=is_ours)
+    ours = [e for e in events if is_ours(e)]
     assert ours, [(e.resource.id, e.payload) for e in events]
     assert ours[0].payload["reference_dates"] == [first_day.isoformat()]
 
