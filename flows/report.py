@@ -14,8 +14,10 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from flows.params import parse_run_date, today_in
+from semclip.io.klarf_export import load_class_codes
 from semclip.registry.client import Registry
 from semclip.report.data import ReportRequest, parse_date_range
+from semclip.review.reasons import known_class_codes
 from semclip.settings import SemclipSettings, get_settings
 from tasks.common import BucketRef
 from tasks.report import ReportResult, export_klarf, write_yield_report
@@ -44,6 +46,7 @@ def yield_report(
         wafers=tuple(wafers or ()),
         nights=nights or settings.report_nights,
         review_margin=getattr(settings, "review_margin", None),  # the review loop's setting
+        class_codes=known_class_codes(load_class_codes(None, settings.class_codes)),
     )
     logger = get_run_logger()
     result = write_yield_report(

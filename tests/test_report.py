@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+from dataclasses import replace
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -58,7 +59,7 @@ def _row(
     row.update(image_uri=uri, image_sha256=f"{day}-{i}", model_name="semclip-sem")
     row.update(model_version=version, predicted_class=cls, probabilities={cls: top, **rest})
     row.update(needs_review=review, inferred_at=NOW, lot_id=lot, wafer_id=wafer)
-    row.update(defect_id=f"D{i:04d}")
+    row.update(defect_id=f"D{i:04d}", defect_area_px=0 if cls == "good" else 12)
     if die is not None:
         row.update(die_x_index=die[0], die_y_index=die[1], x_rel_um=2500.0, y_rel_um=1000.0)
         row.update(die_pitch_x_um=5000.0, die_pitch_y_um=4000.0, klarf_defect_id=i)
@@ -69,8 +70,8 @@ def _row(
 def _night3() -> list[dict[str, Any]]:
     """The report night: L1/W01 3 particle + 1 bridge + 1 good, L2/W05 2 bridge + 1 particle.
 
-    Review: one low-confidence particle (0.4), one small-margin bridge (0.55 vs 0.45), one
-    needs_review with a confident class (mask disagrees).
+    Review: a low-confidence particle (0.4 vs 0.3: also a small margin), a small-margin bridge
+    (0.55 vs 0.45), a needs_review with a confident class (mask disagrees).
     """
     d = NIGHTS[2]
     return [
@@ -163,13 +164,17 @@ def test_macros_give_the_figures_worked_out_by_hand(seeded: BucketCase) -> None:
         (NIGHTS[2], "particle", 4, 2, 2.0),
     ]
     review = con.sql(f"SELECT * FROM review_share('{day}', '{day}', 0.5, 0.2)").fetchall()
-    assert review == [
-        ("low_confidence", 1, 1 / 8),
-        ("mask_disagrees", 1, 1 / 8),
-        ("small_margin", 1, 1 / 8),
-    ]
+    # each row under its first reason, in the review export's order: small margin first
+    assert review == [("small_margin", 2, 2 / 8), ("mask_disagrees", 1, 1 / 8)]
     no_margin = con.sql(f"SELECT review_reason, n FROM review_share('{day}', '{day}', 0.5, NULL)")
     assert no_margin.fetchall() == [("low_confidence", 1), ("mask_disagrees", 1)]
+    known = f"review_share('{day}', '{day}', 0.5, 0.2, class_codes := [17])"
+    assert con.sql(f"SELECT * FROM {known}").fetchall() == review
+    # CLASSNUMBER 17 on the 7 rows with KLARF data is not in this map; the good row has none
+    unknown = f"review_share('{day}', '{day}', 0.5, 0.2, class_codes := [5])"
+    assert con.sql(f"SELECT review_reason, n FROM {unknown}").fetchall() == [
+        ("unknown_klarf_code", 7),
+    ]
     point = con.sql(
         f"SELECT die_x, die_y FROM wafer_map_points('{day}', '{day}') "
         "WHERE image_uri LIKE '%D0008%'"
@@ -217,6 +222,10 @@ def test_report_writes_markdown_and_pngs_with_the_banner(seeded: BucketCase) -> 
     # over both nights: bridge 2 + 3, particle 4 (the good row is no defect)
     assert "| bridge | 5 | 55.6% | 55.6% |\n| particle | 4 | 44.4% | 100.0% |" in report.markdown
     assert "3 of 10 rows (30.0%) need review" in report.markdown
+    # the class-code map of review export: CLASSNUMBER 17 is not in it, so 9 of the 10 rows
+    coded = gather(seeded.fs, seeded.root, replace(request, class_codes=frozenset({5})))
+    assert [(r["review_reason"], r["n"]) for r in coded.review] == [("unknown_klarf_code", 9)]
+    assert "unknown_klarf_code | 9 |" in render(coded).markdown
     # a stale file from an earlier report of the label goes; the folder is this report
     folder = report_folder(seeded.root, "2026-11-02..2026-11-03")
     seeded.fs.pipe_file(f"{folder}/wafer_OLD.png", b"stale")

@@ -16,6 +16,7 @@ from PIL import Image
 
 from semclip import rle
 from semclip.io.confirmed import load_confirmed
+from semclip.io.klarf_export import load_class_codes
 from semclip.io.partitions import write_partition
 from semclip.io.pipeline_schema import PIPELINE_PREDICTION_SCHEMA, pipeline_records_to_table
 from semclip.review.export import export_review, review_folder
@@ -24,6 +25,7 @@ from semclip.review.overlay import overlay_png
 from semclip.review.reasons import (
     LOW_CONFIDENCE,
     MASK_DISAGREES,
+    REASONS,
     SMALL_MARGIN,
     UNKNOWN_KLARF_CODE,
     ReviewRule,
@@ -82,18 +84,14 @@ def test_top_classes_reads_dicts_and_arrow_pairs() -> None:
     assert top_classes(dict(pairs), 1) == [("particle", 0.5)]
 
 
-@pytest.mark.parametrize(
-    "text",
-    ['{"particle": 3, "bridge": 1}', '{"3": "particle", "1": "bridge"}', "particle=3, bridge=1"],
-)
-def test_class_code_map_is_read_tolerantly(text: str) -> None:
-    assert known_class_codes(env={"SEMCLIP_CLASS_CODES": text}) == {1, 3}
-
-
-def test_class_code_map_absent_or_broken() -> None:
-    assert known_class_codes(env={}) is None
-    with pytest.raises(ValueError, match="SEMCLIP_CLASS_CODES"):
-        known_class_codes(env={"SEMCLIP_CLASS_CODES": "particle"})
+def test_known_codes_are_the_write_back_map_s_codes() -> None:
+    """Review reads the same map as KLARF write-back (prompt file + setting), parsed once."""
+    codes = load_class_codes(setting="particle=3, newclass=42")
+    known = known_class_codes(codes)
+    assert known == frozenset(codes.values())
+    assert {3, 42} <= known
+    assert known_class_codes({}) is None
+    assert known_class_codes(None) is None
 
 
 # --------------------------------------------------------------------------- order
@@ -313,3 +311,68 @@ def test_review_commands_export_then_import(
     shots = load_confirmed(fs, root).frame
     assert list(shots["label"]) == ["scratch"] and list(shots["reviewer"]) == ["ana"]
     assert main(["review", "export", "--date", "2026-13-01"]) == 2
+
+
+def test_report_sql_and_review_export_give_each_row_the_same_first_reason() -> None:
+    """One rule, two readers: the yield report's ``review_reasons`` macro (DuckDB) and the
+    review export's :func:`review_reasons` put every row under the same first reason."""
+    import itertools
+
+    import duckdb
+
+    from semclip.report.views import register_report_views
+
+    probability_sets = [
+        {"good": 0.05, "particle": 0.9, "bridge": 0.05},  # sure
+        {"good": 0.3, "particle": 0.45, "bridge": 0.25},  # low
+        {"good": 0.02, "particle": 0.52, "bridge": 0.46},  # close
+        {"particle": 0.41, "bridge": 0.4, "good": 0.19},  # low and close
+        {"good": 1.0},  # one class
+    ]
+    rows = []
+    for probs, cls, area, flagged, code in itertools.product(
+        probability_sets, ["good", "particle"], [0, 10], [False, True], [None, 3, 7]
+    ):
+        rows.append(
+            {
+                "predicted_class": cls,
+                "probabilities": probs,
+                "defect_area_px": area,
+                "needs_review": flagged,
+                "klarf_classnumber": code,
+                "error": None,
+            }
+        )
+    rows.append({**rows[0], "predicted_class": None, "probabilities": None, "error": "bad"})
+    import pyarrow as pa
+
+    records = [
+        {**r, "image_uri": f"file:///b/{i}.png", "model_name": "m", "model_version": "1"}
+        for i, r in enumerate(rows)
+    ]
+    table = pa.Table.from_pylist(records, schema=PIPELINE_PREDICTION_SCHEMA)
+    table = table.append_column("date", pa.array([DAY] * len(rows), pa.date32()))
+    con = duckdb.connect()
+    con.register("predictions_table", table)
+    con.execute("CREATE VIEW predictions AS SELECT * FROM predictions_table")
+    register_report_views(con)
+    sql = dict(
+        con.execute(
+            "SELECT image_uri, review_reason "
+            "FROM review_reasons(?, ?, ?, ?, class_codes := [1, 3])",
+            [DAY, DAY, RULE.min_probability, RULE.margin],
+        ).fetchall()
+    )
+    for i, r in enumerate(rows):
+        reasons = review_reasons(r, RULE)
+        expected = "error" if r["error"] else (reasons[0] if reasons else None)
+        got = sql[f"file:///b/{i}.png"]
+        assert got == expected, (r, got, reasons)
+    # every reason occurs, so the comparison covers each branch of both readers
+    assert set(sql.values()) == {*REASONS, "error", None}
+    no_map = con.execute(
+        "SELECT count(*) FROM review_reasons(?, ?, 0.5, 0.1) "
+        "WHERE review_reason = 'unknown_klarf_code'",
+        [DAY, DAY],
+    ).fetchone()
+    assert no_map == (0,)

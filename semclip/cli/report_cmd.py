@@ -44,9 +44,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from semclip.io.bucket import open_bucket
+    from semclip.io.klarf_export import load_class_codes
     from semclip.registry.client import Registry
     from semclip.report.build import make_report
     from semclip.report.data import ReportRequest, parse_date_range
+    from semclip.review.reasons import known_class_codes
 
     settings = get_settings()
     first, last = parse_date_range(args.date, args.dates)
@@ -60,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         wafers=_split(args.wafers),
         nights=args.nights,
         review_margin=margin,
+        class_codes=known_class_codes(load_class_codes(None, settings.class_codes)),
     )
     fs, root = open_bucket(settings.bucket, endpoint_url=settings.s3_endpoint_url)
     written = make_report(fs, root, request, Registry.from_settings(settings))

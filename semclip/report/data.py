@@ -65,6 +65,9 @@ class ReportRequest:
     nights: int = 7  # the density trend covers the last `nights` nights up to last_date
     min_probability: float = PredictConfig.review_min_probability  # "low confidence" below it
     review_margin: float | None = None  # top-1 minus top-2 below it: "small margin"
+    # KLARF CLASSNUMBERs the class-code map knows (known_class_codes); None: no map, no
+    # "unknown_klarf_code" reason. The same map as review export, so both count alike.
+    class_codes: frozenset[int] | None = None
 
     def __post_init__(self) -> None:
         if self.first_date > self.last_date:
@@ -123,7 +126,8 @@ def gather(
     _restrict(con, request.lots, request.wafers)
     register_report_views(con)
     span = [request.first_date, request.last_date]
-    review_args = [*span, request.min_probability, request.review_margin]
+    codes = sorted(request.class_codes) if request.class_codes is not None else None
+    review_args = [*span, request.min_probability, request.review_margin, codes]
     ((rows,),) = _fetch(con, "SELECT count(*) FROM report_rows(?, ?)", span, tuples=True)
     versions = _fetch(
         con,
@@ -143,7 +147,11 @@ def gather(
             "SELECT * FROM defect_density_trend(?, ?)",
             [request.last_date, request.nights],
         ),
-        review=_fetch(con, "SELECT * FROM review_share(?, ?, ?, ?)", review_args),
+        review=_fetch(
+            con,
+            "SELECT * FROM review_share(?, ?, ?, ?, class_codes := ?::BIGINT[])",
+            review_args,
+        ),
         wafer_points=_fetch(con, "SELECT * FROM wafer_map_points(?, ?)", span),
         random_versions=[
             f"{n} v{v}" for n, v in versions if random_backbone and random_backbone(n, v)

@@ -26,6 +26,7 @@ _REASONS = {
     "mask_disagrees": "the mask disagrees with the class (a mask on good, none on a defect, "
     "or another class's majority)",
     "error": "no prediction (the row's error)",
+    "unknown_klarf_code": "the review tool's CLASSNUMBER is not in the class-code map",
 }
 
 

@@ -80,12 +80,19 @@ CREATE OR REPLACE MACRO defect_density_trend(last_date, nights) AS TABLE
     ORDER BY r."date", r.predicted_class
 """,
     "review_reasons": """
-CREATE OR REPLACE MACRO review_reasons(first_date, last_date, min_probability, margin) AS TABLE
+CREATE OR REPLACE MACRO review_reasons(first_date, last_date, min_probability, margin,
+                                       class_codes := NULL) AS TABLE
     SELECT *,
            CASE WHEN error IS NOT NULL THEN 'error'
-                WHEN top1_probability < min_probability THEN 'low_confidence'
+                WHEN top1_probability IS NULL THEN NULL
+                WHEN class_codes IS NOT NULL AND klarf_classnumber IS NOT NULL
+                     AND NOT list_contains(class_codes, CAST(klarf_classnumber AS BIGINT))
+                     THEN 'unknown_klarf_code'
+                WHEN (predicted_class = 'good') = (coalesce(defect_area_px, 0) > 0)
+                     OR (needs_review AND top1_probability >= min_probability)
+                     THEN 'mask_disagrees'
                 WHEN margin IS NOT NULL AND top_margin < margin THEN 'small_margin'
-                WHEN needs_review THEN 'mask_disagrees'
+                WHEN top1_probability < min_probability THEN 'low_confidence'
            END AS review_reason
     FROM (SELECT *,
                  list_sort(map_values(probabilities), 'DESC')[1] AS top1_probability,
@@ -95,10 +102,12 @@ CREATE OR REPLACE MACRO review_reasons(first_date, last_date, min_probability, m
           FROM report_rows(first_date, last_date))
 """,
     "review_share": """
-CREATE OR REPLACE MACRO review_share(first_date, last_date, min_probability, margin) AS TABLE
+CREATE OR REPLACE MACRO review_share(first_date, last_date, min_probability, margin,
+                                     class_codes := NULL) AS TABLE
     SELECT review_reason, count(*) AS n, count(*) / any_value(total) AS share
     FROM (SELECT review_reason, count(*) OVER () AS total
-          FROM review_reasons(first_date, last_date, min_probability, margin))
+          FROM review_reasons(first_date, last_date, min_probability, margin,
+                              class_codes := class_codes))
     WHERE review_reason IS NOT NULL
     GROUP BY review_reason
     ORDER BY n DESC, review_reason

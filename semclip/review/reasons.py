@@ -20,9 +20,7 @@ new: neither is part of ``needs_review``.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -50,8 +48,6 @@ MASK_DISAGREES = "mask_disagrees"
 UNKNOWN_KLARF_CODE = "unknown_klarf_code"
 # Most specific first: a row's first reason in this order is its stratum for sampling.
 REASONS = (UNKNOWN_KLARF_CODE, MASK_DISAGREES, SMALL_MARGIN, LOW_CONFIDENCE)
-
-CLASS_CODES_ENV = "SEMCLIP_CLASS_CODES"
 
 
 @dataclass(frozen=True)
@@ -112,50 +108,16 @@ def review_reasons(row: Mapping[str, Any], rule: ReviewRule) -> list[str]:
     return [r for r in REASONS if r in found]
 
 
-def known_class_codes(
-    mapping: Mapping[str, Any] | str | None = None, env: Mapping[str, str] | None = None
-) -> frozenset[int] | None:
+def known_class_codes(mapping: Mapping[str, int] | None) -> frozenset[int] | None:
     """The KLARF CLASSNUMBERs the class-code map names; None when no map is configured.
 
-    The map (the one KLARF write-back uses) is read tolerantly, because its home may be a
-    setting or a prompt-file entry: a mapping, or the ``SEMCLIP_CLASS_CODES`` text as JSON
-    (``{"particle": 3}`` or ``{"3": "particle"}``) or ``particle=3,scratch=5``. Whichever side
-    is an integer is the code.
+    The map is the one KLARF write-back uses, read once by
+    :func:`semclip.io.klarf_export.load_class_codes` (prompt file + ``SEMCLIP_CLASS_CODES``), so
+    review and write-back cannot disagree on which codes exist.
     """
-    if mapping is None:
-        text = (env if env is not None else os.environ).get(CLASS_CODES_ENV)
-        if not text or not text.strip():
-            return None
-        mapping = text
-    if isinstance(mapping, str):
-        mapping = _parse_codes(mapping)
-    codes = {c for pair in mapping.items() for c in [_pair_code(*pair)] if c is not None}
-    return frozenset(codes)
-
-
-def _parse_codes(text: str) -> dict[str, Any]:
-    text = text.strip()
-    if text.startswith("{"):
-        try:
-            parsed = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{CLASS_CODES_ENV} is not valid JSON: {exc}") from None
-        return {str(k): v for k, v in parsed.items()}
-    pairs: dict[str, Any] = {}
-    for item in filter(None, (p.strip() for p in text.split(","))):
-        name, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"{CLASS_CODES_ENV}: {item!r} is not name=code")
-        pairs[name.strip()] = value.strip()
-    return pairs
-
-
-def _pair_code(key: Any, value: Any) -> int | None:
-    for side in (value, key):
-        code = _code(side)
-        if code is not None:
-            return code
-    return None
+    if not mapping:
+        return None
+    return frozenset(int(code) for code in mapping.values())
 
 
 def _code(value: Any) -> int | None:
