@@ -67,6 +67,7 @@ def _violations(package: str, forbidden: str) -> list[str]:
     return found
 
 
+@pytest.mark.slow
 def test_library_never_imports_prefect() -> None:
     assert _violations("semclip", "prefect") == []
 
@@ -112,6 +113,7 @@ def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+@pytest.mark.slow
 def test_no_import_cycle_in_semclip() -> None:
     cycle = _find_cycle(_import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])

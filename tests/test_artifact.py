@@ -51,6 +51,7 @@ def _edit_meta(src: Path, dst: Path, **changes: object) -> Path:
     return dst
 
 
+@pytest.mark.slow
 def test_save_writes_a_self_contained_directory(saved_dir: Path) -> None:
     assert (saved_dir / MODEL_FILE).is_file() and (saved_dir / HEADS_FILE).is_file()
     assert (saved_dir / MEMBANK_FILE).is_file()
@@ -61,6 +62,7 @@ def test_save_writes_a_self_contained_directory(saved_dir: Path) -> None:
     assert meta["backbone"]["random_weights"] is True
 
 
+@pytest.mark.slow
 def test_round_trip_predicts_the_same(
     saved_dir: Path,
     fitted_model: SemclipModel,
@@ -84,6 +86,7 @@ def test_round_trip_predicts_the_same(
     _assert_same_predictions(loaded.predict(query_paths[:4]), reference)
 
 
+@pytest.mark.slow
 def test_model_saved_before_the_memory_bank_still_loads(
     saved_dir: Path, tmp_path: Path, query_paths: list[Path]
 ) -> None:
@@ -107,6 +110,7 @@ def test_model_saved_before_the_memory_bank_still_loads(
     np.testing.assert_allclose(sum(preds[0].probabilities.values()), 1.0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_random_weights_stay_flagged(saved_dir: Path) -> None:
     loaded = load_model(saved_dir, device="cpu")
     assert loaded.backbone.random_weights is True
@@ -131,6 +135,7 @@ def test_lineage_records_seed_support_and_versions(
     assert lineage["versions"]["torch"] == torch.__version__
 
 
+@pytest.mark.slow
 def test_backbone_pointer_loads_and_predicts_the_same(
     fitted_model: SemclipModel,
     query_paths: list[Path],
@@ -146,6 +151,7 @@ def test_backbone_pointer_loads_and_predicts_the_same(
     _assert_same_predictions(loaded.predict(query_paths[:4]), reference)
 
 
+@pytest.mark.slow
 def test_backbone_pointer_with_other_weights_is_refused(
     fitted_model: SemclipModel, tmp_path: Path
 ) -> None:
@@ -217,6 +223,7 @@ def test_bit_flipped_heads_are_refused(saved_dir: Path, tmp_path: Path) -> None:
         load_model(copy, device="cpu")
 
 
+@pytest.mark.slow
 def test_garbage_heads_file_is_a_named_error_even_without_a_hash(
     saved_dir: Path, tmp_path: Path
 ) -> None:
@@ -243,6 +250,7 @@ def test_deleted_backbone_folder_is_a_named_error(saved_dir: Path, tmp_path: Pat
         load_model(copy, device="cpu")
 
 
+@pytest.mark.slow
 def test_non_finite_probabilities_are_error_rows_not_good(
     saved_dir: Path, query_paths: list[Path]
 ) -> None:

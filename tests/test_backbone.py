@@ -36,6 +36,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str
     return path, state_sha256(backbone.model)
 
 
+@pytest.mark.slow
 def test_random_backbone_is_flagged_and_reproducible(caplog: pytest.LogCaptureFixture) -> None:
     first = load_backbone("semclip-tiny", None, "cpu")
     second = load_backbone("semclip-tiny", None, "cpu")
@@ -46,6 +47,7 @@ def test_random_backbone_is_flagged_and_reproducible(caplog: pytest.LogCaptureFi
     assert not any(p.requires_grad for p in first.model.parameters())
 
 
+@pytest.mark.slow
 def test_checkpoint_file_loads_its_weights(tiny_checkpoint: tuple[Path, str]) -> None:
     path, expected = tiny_checkpoint
     backbone = load_backbone("semclip-tiny", str(path), "cpu")
@@ -54,6 +56,7 @@ def test_checkpoint_file_loads_its_weights(tiny_checkpoint: tuple[Path, str]) ->
     assert state_sha256(backbone.model) == expected
 
 
+@pytest.mark.slow
 def test_local_dir_round_trip(tmp_path: Path, tiny_checkpoint: tuple[Path, str]) -> None:
     path, expected = tiny_checkpoint
     source = load_backbone("semclip-tiny", str(path), "cpu")
@@ -64,12 +67,14 @@ def test_local_dir_round_trip(tmp_path: Path, tiny_checkpoint: tuple[Path, str])
     assert loaded.mean == source.mean
 
 
+@pytest.mark.slow
 def test_local_dir_refuses_pretrained(tmp_path: Path) -> None:
     save_backbone_dir(load_backbone("semclip-tiny", None, "cpu"), tmp_path / "bb")
     with pytest.raises(BackboneError, match="pretrained=None"):
         load_backbone(f"local-dir:{tmp_path / 'bb'}", "laion400m_e32", "cpu")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("setup", "message"),
     [
@@ -93,6 +98,7 @@ def test_missing_checkpoint_file(tmp_path: Path) -> None:
         load_backbone("semclip-tiny", str(tmp_path / "nope.pt"), "cpu")
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_architecture(
     tmp_path: Path, tiny_checkpoint: tuple[Path, str]
 ) -> None:

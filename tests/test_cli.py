@@ -80,6 +80,7 @@ def test_predict_fails_when_nothing_runs(
     assert predict(model_dir, out, empty) != 0
 
 
+@pytest.mark.slow
 def test_predict_keeps_the_models_stored_settings_unless_overridden(
     fitted_model: SemclipModel, query_paths: list[Path], tmp_path: Path
 ) -> None:
@@ -240,6 +241,7 @@ def test_fit_offline_fails_fast_naming_what_to_pass(
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.slow
 def test_fit_takes_its_backbone_from_the_settings(
     synth_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -250,6 +252,7 @@ def test_fit_takes_its_backbone_from_the_settings(
     assert backbone.name == "semclip-tiny" and backbone.random_weights
 
 
+@pytest.mark.slow
 def test_fit_crops_the_databar_synth_json_records(model_dir: Path, synth_dir: Path) -> None:
     """Like eval, fit takes the databar from a synthetic set's synth.json unless told."""
     import json

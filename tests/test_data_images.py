@@ -191,6 +191,7 @@ def test_pillow_bomb_limit_is_lifted_and_configurable(
         read_image(path, max_pixels=1000)
 
 
+@pytest.mark.slow
 def test_decompression_bomb_is_refused_from_its_header(bomb_png: bytes) -> None:
     # The incident's file: ~389 KB on disk, 20000 x 20000 px once decoded (400 Mpx, 1.6 GB
     # as float32). The default limit refuses it before a single pixel is inflated.

@@ -94,6 +94,7 @@ def _night(
     case.fs.invalidate_cache()
 
 
+@pytest.mark.slow
 def test_drift_against_the_previous_nights(bucket: BucketCase) -> None:
     fs, root = bucket.fs, bucket.root
     east = np.array([1.0, 0.0, 0.0])
@@ -129,6 +130,7 @@ def test_drift_against_the_previous_nights(bucket: BucketCase) -> None:
     assert drifted.flagged and "DRIFT FLAGGED" in describe(drifted)
 
 
+@pytest.mark.slow
 def test_embedding_distance_only_against_the_same_model_version(bucket: BucketCase) -> None:
     _night(bucket, START, {"good": 4}, run="a", version="1", embedding=np.array([1.0, 0.0]))
     _night(

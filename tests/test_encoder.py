@@ -121,6 +121,7 @@ def test_vv_path_differs_from_vanilla_and_restarts_per_stage() -> None:
     torch.testing.assert_close(second.vv, ref[1], atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_registered_tiny_backbone_runs_the_encoder() -> None:
     backbone = load_backbone("semclip-tiny", None, "cpu")
     enc = DualPathEncoder(backbone.model)

@@ -334,6 +334,7 @@ def test_compare_cli(result: EvalResult, tmp_path: Path) -> None:
     assert "`semclip-tiny` (RANDOM)" in (tmp_path / "c.md").read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("random_weights", [True, False])
 def test_plots_of_a_random_backbone_carry_the_banner(tmp_path: Path, random_weights: bool) -> None:
     """Issue 11: a figure copied out of a random-weight report still says what it is."""

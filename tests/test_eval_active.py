@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from semclip.backbone import Backbone
 from semclip.cli import main
 from semclip.config import FitConfig
@@ -15,6 +17,7 @@ from semclip.eval.active import ARMS, ActiveLearningConfig, run_active_learning
 FAST = FitConfig(augment=False, min_steps=5, max_steps=5, cv_folds=2, membank=False)
 
 
+@pytest.mark.slow
 def test_both_arms_confirm_the_same_number_of_images(
     synth_dataset: Dataset, tiny_backbone: Backbone
 ) -> None:
@@ -44,6 +47,7 @@ def test_both_arms_confirm_the_same_number_of_images(
     assert f"{1 * n_classes + 3} confirmed images per arm" in result.markdown()
 
 
+@pytest.mark.slow
 def test_eval_al_command_writes_json_and_markdown(synth_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "al"
     code = main(

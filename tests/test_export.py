@@ -46,6 +46,7 @@ def _images(model: SemclipModel, n: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch", [1, 3])
 def test_onnx_agrees_with_eager_within_1e_4(
     banked: SemclipModel, onnx_file: Path, batch: int
@@ -95,6 +96,7 @@ def test_eager_module_is_the_production_math(banked: SemclipModel) -> None:
     torch.testing.assert_close(amap, expected, atol=1e-6, rtol=0)
 
 
+@pytest.mark.slow
 def test_onnx_file_carries_classes_tau_and_the_random_flag(
     banked: SemclipModel, onnx_file: Path
 ) -> None:

@@ -59,6 +59,7 @@ def test_fit_k2_cross_validates(fitted_model: SemclipModel) -> None:
     assert not fitted_model.heads.training
 
 
+@pytest.mark.slow
 def test_fit_k1_uses_defaults(
     tiny_backbone: Backbone, synth_dataset: Dataset, fast_config: FitConfig
 ) -> None:
@@ -70,6 +71,7 @@ def test_fit_k1_uses_defaults(
     assert model.lineage["shots_per_class"] == {"good": 1, "bridge": 1, "particle": 1, "scratch": 1}
 
 
+@pytest.mark.slow
 def test_fit_without_masks_trains_classification_only(
     tiny_backbone: Backbone,
     support_split: tuple[Dataset, Dataset],
@@ -111,6 +113,7 @@ def test_fit_needs_good_images(tiny_backbone: Backbone, synth_dataset: Dataset) 
         SemclipModel.fit(tiny_backbone, goods)
 
 
+@pytest.mark.slow
 def test_label_without_prompts_gets_generic_ones(
     tiny_backbone: Backbone, synth_dataset: Dataset, fast_config: FitConfig
 ) -> None:
@@ -125,6 +128,7 @@ def test_label_without_prompts_gets_generic_ones(
     assert list(pred.probabilities) == list(model.classes)
 
 
+@pytest.mark.slow
 def test_classes_the_backbone_never_saw_lean_on_the_head(
     tiny_backbone: Backbone, synth_dataset: Dataset, fast_config: FitConfig, tmp_path: Path
 ) -> None:
@@ -147,6 +151,7 @@ def test_classes_the_backbone_never_saw_lean_on_the_head(
 
 
 # ------------------------------------------------------------------------------ predicting
+@pytest.mark.slow
 def test_predict_one_row_per_input_in_order(
     fitted_model: SemclipModel, query_paths: list[Path]
 ) -> None:
@@ -185,6 +190,7 @@ def test_predict_is_deterministic(fitted_model: SemclipModel, query_paths: list[
     assert fitted_model.predict(query_paths[:3]) == first
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tau", [0.3, 0.5, 0.7])
 def test_mask_fields_agree_with_the_mask(
     fitted_model: SemclipModel,
@@ -198,6 +204,7 @@ def test_mask_fields_agree_with_the_mask(
     assert area == [p.defect_area_px for p in preds]
 
 
+@pytest.mark.slow
 def test_masks_are_partial_at_some_threshold(
     fitted_model: SemclipModel, query_paths: list[Path]
 ) -> None:
@@ -207,6 +214,7 @@ def test_masks_are_partial_at_some_threshold(
     assert partial and any(p.n_regions > 1 for p in partial)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", [(300, 517), (3000, 4000)])
 def test_mask_at_original_resolution(
     fitted_model: SemclipModel, shape: tuple[int, int], assert_prediction_consistent: Check

@@ -157,6 +157,7 @@ def test_leftover_beside_part_0_is_never_counted_twice(bucket: BucketCase) -> No
     assert len(read_partition(fs, root, DAY)) == 8
 
 
+@pytest.mark.slow
 def test_corrupt_file_is_quarantined_and_other_dates_still_query(
     bucket: BucketCase, caplog: pytest.LogCaptureFixture
 ) -> None:

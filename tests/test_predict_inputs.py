@@ -51,6 +51,7 @@ def test_path_bytes_and_uint8_array_agree(
     assert by_str.mask_rle == by_bytes.mask_rle == by_array.mask_rle  # same batch, same pixels
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "convert",
     [
@@ -72,6 +73,7 @@ def _write(path: Path, array: np.ndarray, **kwargs: object) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_file_formats(
     fitted_model: SemclipModel, gray8: np.ndarray, reference: Prediction, tmp_path: Path
 ) -> None:
@@ -110,6 +112,7 @@ def test_multipage_tiff_page_selection(
     assert page2.error and "page 2" in page2.error and str(path) in page2.error
 
 
+@pytest.mark.slow
 def test_feature_cache_keys_the_tiff_page(
     fitted_model: SemclipModel,
     gray8: np.ndarray,
@@ -152,6 +155,7 @@ def bad_files(tmp_path: Path, query_paths: list[Path]) -> dict[str, Path]:
     return files
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch_size", [0, 2])
 def test_bad_files_get_error_rows_in_a_good_batch(
     fitted_model: SemclipModel,
@@ -180,6 +184,7 @@ def test_bad_files_get_error_rows_in_a_good_batch(
         assert got.image_sha256 == want.image_sha256
 
 
+@pytest.mark.slow
 def test_a_failing_batch_falls_back_to_single_images(
     fitted_model: SemclipModel,
     query_paths: list[Path],

@@ -68,6 +68,7 @@ def bad_files(tmp_path: Path) -> dict[str, Path]:
     return {"missing": tmp_path / "missing.png", "empty": tmp_path / "empty.png"}
 
 
+@pytest.mark.slow
 def test_predict_is_the_same_with_and_without_decode_threads(
     fitted_model: SemclipModel, query_paths: list[Path], bad_files: dict[str, Path]
 ) -> None:

@@ -272,6 +272,7 @@ def test_class_token_of_image_tokens_is_encode_image_and_lr_schedule() -> None:
     assert lr_at(TINY.steps, TINY) == pytest.approx(TINY.lr * TINY.min_lr_ratio)
 
 
+@pytest.mark.slow
 def test_sem_small_config_loads_and_fits_the_default_prompts() -> None:
     backbone = load_backbone("semclip-sem-small", None, "cpu")
     assert backbone.image_size == 160 and backbone.model.visual.grid_size[0] == 10

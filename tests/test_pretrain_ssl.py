@@ -102,6 +102,7 @@ def _sha(path: Path) -> str:
 
 
 # ------------------------------------------------------------------------------ the maths
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["semclip-tiny", "semclip-sem-small"])
 def test_vit_embed_matches_the_encoder_and_masks_only_masked_tokens(name: str) -> None:
     towers = create_towers(PretrainConfig(model=name))
@@ -165,6 +166,7 @@ def test_schedules_and_collapse_rules() -> None:
     assert "std" in collapse_reason({**healthy, "patch_std": 0.001}, 0.05, cfg)
 
 
+@pytest.mark.slow
 def test_teacher_follows_the_student_by_ema_and_exports_the_trunk_only() -> None:
     towers = create_towers(PretrainConfig(model="semclip-tiny"))
     visual = towers.model.visual
@@ -375,6 +377,7 @@ def test_bad_files_are_skipped_and_counted(unlabeled_dir: Path, tmp_path: Path) 
     assert "5 unlabelled images used; 4 skipped (duplicate 1, empty 1, unreadable 2)" in card
 
 
+@pytest.mark.slow
 def test_manifest_source_reads_the_image_column_only(unlabeled_dir: Path, tmp_path: Path) -> None:
     folder = unlabeled_dir.parent  # the synthetic set: manifest.csv with labels and masks
     pool = load_unlabeled(str(folder), size=32, progress=False)
@@ -415,6 +418,7 @@ def raw_bucket(request: pytest.FixtureRequest, tmp_path: Path, unlabeled_dir: Pa
     return url, endpoint, images
 
 
+@pytest.mark.slow
 def test_dates_select_only_those_raw_folders(raw_bucket, tmp_path: Path) -> None:
     url, endpoint, images = raw_bucket
     pool = load_unlabeled(

@@ -60,6 +60,7 @@ def test_malformed_files_are_rejected(tmp_path: Path) -> None:
         load_prompts(tmp_path / "missing.yaml")
 
 
+@pytest.mark.slow
 def test_text_prototypes_are_unit_vectors_per_class() -> None:
     backbone = load_backbone("semclip-tiny", None, "cpu")
     lib = load_prompts()

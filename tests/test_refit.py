@@ -271,6 +271,7 @@ def test_gate_promotes_the_first_model_whatever_its_scores() -> None:
 # --------------------------------------------------------------------------- with images
 
 
+@pytest.mark.slow
 def test_confirmed_shots_to_evaluation(kit: Kit, tmp_path: Path, small_model_dir: Path) -> None:
     fs, root = open_bucket(f"file://{tmp_path / 'bucket'}", create=True)
     kit.write_confirmed(fs, root, {"good": 2, "bridge": 2, "particle": 1})
@@ -322,6 +323,7 @@ def _choose(champion_dir: Path | None = None, **given: str) -> BackboneChoice:
     return choose_backbone(**{**options, **given}, champion_dir=champion_dir, champion_version="1")
 
 
+@pytest.mark.slow
 def test_refit_backbone_precedence_param_then_setting_then_champion(
     small_model_dir: Path, tmp_path: Path, tiny_checkpoint_file: Path
 ) -> None:
@@ -390,6 +392,7 @@ def test_wafer_group_from_the_path_regex(uri: str, regex: str, group: str | None
     assert wafer_group(uri, regex) == group
 
 
+@pytest.mark.slow
 def test_calibration_folds_keep_each_wafer_whole(kit: Kit, tmp_path: Path) -> None:
     """Issue 11: refit CV folded by image, so τ/α were picked on a wafer's near copies."""
     from semclip import FitConfig, SemclipModel, load_backbone
@@ -422,6 +425,7 @@ def test_git_commit_of_the_code_folder_else_setting_else_unknown(tmp_path: Path)
 # --------------------------------------------------------------------------- demo sizing
 
 
+@pytest.mark.slow
 def test_demo_seed_gives_each_class_the_gate_minimum_on_the_hold_out(tmp_path: Path) -> None:
     """Issue 11: the demo's 6 shots per class left ~1 per class held out: v2 was never judged."""
     from semclip.settings import get_settings

@@ -128,6 +128,7 @@ def test_old_partitions_read_with_null_klarf_columns(seeded: BucketCase) -> None
     assert codes == [(NIGHTS[0], 0), (NIGHTS[1], 2), (NIGHTS[2], 7)]
 
 
+@pytest.mark.slow
 def test_macros_give_the_figures_worked_out_by_hand(seeded: BucketCase) -> None:
     con = register_report_views(
         connect(seeded.fs, seeded.root, NIGHTS, champion=("semclip-sem", "1"))
@@ -192,6 +193,7 @@ def test_the_documented_sql_text_is_what_registers(seeded: BucketCase) -> None:
     ]
 
 
+@pytest.mark.slow
 def test_report_filters_lots_and_wafers(seeded: BucketCase) -> None:
     request = ReportRequest(NIGHTS[2], NIGHTS[2], wafers=("L2/W05",), nights=3)
     data = gather(seeded.fs, seeded.root, request)
@@ -201,6 +203,7 @@ def test_report_filters_lots_and_wafers(seeded: BucketCase) -> None:
     assert data.rows == 5 and {r["lot_id"] for r in data.counts} == {"L1"}
 
 
+@pytest.mark.slow
 def test_report_writes_markdown_and_pngs_with_the_banner(seeded: BucketCase) -> None:
     request = ReportRequest(NIGHTS[1], NIGHTS[2], nights=3, review_margin=0.2)
     data = gather(

@@ -169,6 +169,7 @@ def _seed_night(case: BucketCase, kit: Kit, n: int = 8) -> list[str]:
     return uris
 
 
+@pytest.mark.slow
 def test_export_writes_index_images_and_overlays(bucket: BucketCase, kit: Kit) -> None:
     uris = _seed_night(bucket, kit)
     result = export_review(bucket.fs, bucket.root, DAY, rule=RULE, limit=3)
@@ -200,6 +201,7 @@ def test_export_writes_index_images_and_overlays(bucket: BucketCase, kit: Kit) -
     assert len(bucket.fs.find(f"{folder}/images")) == len(bucket.fs.find(f"{folder}/overlays")) == 1
 
 
+@pytest.mark.slow
 def test_export_of_a_night_without_doubt_writes_nothing(bucket: BucketCase, kit: Kit) -> None:
     _seed_night(bucket, kit)
     strict = ReviewRule(margin=0.0, min_probability=0.0)
@@ -237,6 +239,7 @@ def _decisions(tmp_path: Path, index: pd.DataFrame, kit: Kit) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_import_appends_checked_decisions_to_confirmed(
     bucket: BucketCase, kit: Kit, tmp_path: Path
 ) -> None:
@@ -280,6 +283,7 @@ def test_import_names_a_file_it_cannot_use(bucket: BucketCase, tmp_path: Path) -
 # --------------------------------------------------------------------------- command line
 
 
+@pytest.mark.slow
 def test_review_commands_export_then_import(
     kit: Kit,
     tmp_path: Path,

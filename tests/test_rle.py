@@ -135,6 +135,7 @@ def test_encode_rejects_non_2d() -> None:
         rle.encode(np.zeros((2, 2, 3), bool))
 
 
+@pytest.mark.slow
 def test_large_mask_is_identical() -> None:
     """A 4000 x 3000 mask with ~1.5M runs (speed is the bench's job, not a timed test)."""
     rng = np.random.default_rng(2)

@@ -155,6 +155,7 @@ def test_table_lists_every_setting_with_env_default_and_description() -> None:
     assert rows["home"][1] == "./.semclip"
 
 
+@pytest.mark.slow
 def test_library_modules_import_neither_prefect_nor_mlflow() -> None:
     code = (
         "import sys, semclip.settings, semclip.io.bucket, semclip.io.paths, semclip.io.klarf, "

@@ -526,6 +526,7 @@ def _current(bucket: BucketCase, champion: tuple[str, str] | None) -> list[tuple
     ).fetchall()
 
 
+@pytest.mark.slow
 def test_current_view_gives_one_row_per_image_after_a_champion_change(bucket: BucketCase) -> None:
     """v1 predicts a night, v2 is promoted, the night is re-run: 4 rows, 2 images."""
     from semclip.io.query import connect, summarize_dates

@@ -55,6 +55,7 @@ def test_default_counts_are_the_papers_balance() -> None:
     assert set(LABELS) == set(DEFAULT_COUNTS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("label", LABELS)
 def test_render_is_deterministic_per_seed(label: str) -> None:
     a = render_sample(label, np.random.default_rng(7))
@@ -85,6 +86,7 @@ def test_no_databar() -> None:
     assert s.image.shape == (256, 256)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("label", DEFECT_LABELS)
 def test_masks_hold_over_many_samples(label: str) -> None:
     for i in range(12):
@@ -92,6 +94,7 @@ def test_masks_hold_over_many_samples(label: str) -> None:
         assert 10 <= s.mask.sum() < 0.5 * s.mask.size, f"{label} #{i}: mask area {s.mask.sum()}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("label", DEFECT_LABELS)
 @pytest.mark.parametrize("style", ["classic", "default"])
 def test_defect_is_visible_inside_mask_and_not_outside(label: str, style: str) -> None:
@@ -115,6 +118,7 @@ def test_good_has_no_defect() -> None:
     assert np.array_equal(s.image, clean.image)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pattern", sorted(PATTERNS))
 def test_every_pattern_renders_with_every_defect(pattern: str) -> None:
     for label in LABELS:
@@ -234,6 +238,7 @@ def test_local_signal_update_matches_full_render(label: str) -> None:
     )
 
 
+@pytest.mark.slow
 def test_wafers_spread_the_groups_for_group_aware_draws(tmp_path: Path) -> None:
     counts = {"good": 40, "bridge": 40}
     one_lot = _manifest(generate_dataset(tmp_path / "lot", counts=counts, seed=3, size=32))
@@ -250,6 +255,7 @@ def test_wafers_spread_the_groups_for_group_aware_draws(tmp_path: Path) -> None:
 # --- styles -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("style", sorted(STYLES))
 def test_every_style_renders_every_class_with_a_true_mask(style: str) -> None:
     for label in LABELS:
@@ -367,6 +373,7 @@ def test_cli_style_selects_the_style_and_records_it(tmp_path: Path) -> None:
     ) > 1
 
 
+@pytest.mark.slow
 def test_pretraining_archive_never_holds_the_heldout_style(tmp_path: Path) -> None:
     from semclip.pretrain.archive import synthetic_archive
     from semclip.pretrain.config import SynthArchiveConfig

@@ -91,6 +91,7 @@ def make_support(
 
 
 # ----------------------------------------------------------------------------- fitting
+@pytest.mark.slow
 def test_loss_falls_and_fits_separable_support() -> None:
     support, text, proj = make_support()
     history: list[dict[str, float]] = []
@@ -107,6 +108,7 @@ def test_loss_falls_and_fits_separable_support() -> None:
     assert patch[defect_patch].max() < 0.5 < patch[~defect_patch].min()
 
 
+@pytest.mark.slow
 def test_held_out_images_classified_by_the_head() -> None:
     support, text, proj = make_support(seed=0)
     test, _, _ = make_support(seed=1)  # new images of the same classes
@@ -117,6 +119,7 @@ def test_held_out_images_classified_by_the_head() -> None:
     assert (pred == test.labels).float().mean() == 1.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("head_init", ["prototype", "random"])
 def test_fit_is_deterministic(head_init: str) -> None:
     support, text, proj = make_support()
