@@ -45,7 +45,7 @@ def yield_report(
         lots=tuple(lots or ()),
         wafers=tuple(wafers or ()),
         nights=nights or settings.report_nights,
-        review_margin=getattr(settings, "review_margin", None),  # the review loop's setting
+        review_margin=settings.review_margin,  # the review loop's setting
         class_codes=known_class_codes(load_class_codes(None, settings.class_codes)),
     )
     logger = get_run_logger()

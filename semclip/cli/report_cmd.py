@@ -53,8 +53,8 @@ def run(args: argparse.Namespace) -> int:
     settings = get_settings()
     first, last = parse_date_range(args.date, args.dates)
     margin = args.review_margin
-    if margin is None:  # the review loop's setting, where this install has it
-        margin = getattr(settings, "review_margin", None)
+    if margin is None:  # the review loop's setting (SEMCLIP_REVIEW_MARGIN)
+        margin = settings.review_margin
     request = ReportRequest(
         first,
         last,
