@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Literal
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Literal, get_args
 
 MembankTokens = Literal["vanilla", "vv"]  # ln_post vanilla tokens (width) or V-V tokens (embed)
 ClassAlpha = Literal["global", "prompted"]  # one α, or α_c = 0 for classes CLIP cannot know
@@ -59,6 +60,54 @@ class FitConfig:
     def from_dict(cls, data: dict[str, Any]) -> FitConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+    def with_overrides(self, pairs: Sequence[str]) -> FitConfig:
+        """This config with `KEY=VALUE` pairs applied, each value read as its field's type.
+
+        Lets an engineer re-measure a default (α at k = 1, the surgery temperature, the pixel
+        losses) on their own images without editing code; a typo fails naming the field.
+        """
+        changes: dict[str, Any] = {}
+        for pair in pairs:
+            key, sep, text = pair.partition("=")
+            key = key.strip().replace("-", "_")
+            if not sep or not key:
+                msg = f"fit override {pair!r}: expected KEY=VALUE, e.g. surgery_scale=10"
+                raise ValueError(msg)
+            changes[key] = parse_field_value(self, key, text.strip())
+        return replace(self, **changes)
+
+
+_FIT_CHOICES: dict[str, tuple[str, ...]] = {
+    "membank_tokens": get_args(MembankTokens),
+    "class_alpha": get_args(ClassAlpha),
+    "head_init": ("prototype", "random"),
+}
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def parse_field_value(config: FitConfig, key: str, text: str) -> Any:
+    """`text` as the type of FitConfig field `key` (its default's type); errors name the field."""
+    known = {f.name for f in fields(config)}
+    if key not in known:
+        raise ValueError(f"fit override {key!r}: no such field; known: {', '.join(sorted(known))}")
+    default = getattr(config, key)
+    if isinstance(default, bool):
+        if text.lower() not in _TRUE + _FALSE:
+            raise ValueError(f"fit override {key}={text!r}: expected true or false")
+        return text.lower() in _TRUE
+    try:
+        if isinstance(default, int):
+            return int(text)
+        if isinstance(default, float):
+            return float(text)
+    except ValueError:
+        kind = type(default).__name__
+        raise ValueError(f"fit override {key}={text!r}: expected a {kind}") from None
+    choices = _FIT_CHOICES.get(key)
+    if choices is not None and text not in choices:
+        raise ValueError(f"fit override {key}={text!r}: expected one of {', '.join(choices)}")
+    return text
 
 
 @dataclass(frozen=True)

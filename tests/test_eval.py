@@ -258,10 +258,12 @@ def test_cli_eval_end_to_end(
     code = main(
         ["eval", "--data", str(eval_dir), "--backbone", "semclip-tiny", "--method",
          "semclip,winclip-zero", "--shots", "1", "--seeds", "1", "--out", str(out),
-         "--cache-dir", str(cache_dir), "--no-augment"]
+         "--cache-dir", str(cache_dir), "--no-augment", "--fit", "surgery_scale=10"]
     )  # fmt: skip
     assert code == 0
     printed = capsys.readouterr().out
+    assert json.loads((out / "fit_config.json").read_text())["surgery_scale"] == 10.0
+    assert "changed from the defaults: surgery_scale=10.0" in (out / "report.md").read_text()
     assert "RANDOM WEIGHTS" in printed and "misses" in printed
     rows = json.loads((out / "metrics.json").read_text())
     assert [(r["method"], r["shots"], r["seed"]) for r in rows] == [

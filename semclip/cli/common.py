@@ -40,6 +40,18 @@ def add_backbone_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_fit_options(parser: argparse.ArgumentParser) -> None:
+    """--fit KEY=VALUE (repeatable): FitConfig fields, to re-measure a default on one's own data."""
+    parser.add_argument(
+        "--fit",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a fitting default (repeatable), e.g. --fit surgery_scale=10 "
+        "--fit default_alpha=0.5; fields as in semclip.config.FitConfig",
+    )
+
+
 def add_databar_options(parser: argparse.ArgumentParser) -> None:
     """Rows of text databar cropped before the model sees an image (default: synth.json's)."""
     parser.add_argument(

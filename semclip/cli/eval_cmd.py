@@ -15,6 +15,7 @@ from semclip.cli.commands import summary
 from semclip.cli.common import (
     add_backbone_options,
     add_databar_options,
+    add_fit_options,
     backbone_from,
     databar_for,
     fill_backbone_defaults,
@@ -74,6 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"comma-separated methods or 'all' ({', '.join(ORDER)}); default semclip",
     )
     add_databar_options(parser)
+    add_fit_options(parser)
     parser.add_argument("--prompts", default=None, help="prompt YAML (default: packaged)")
     parser.add_argument("--no-augment", action="store_true", help="fit without the 8 flips")
     parser.add_argument("--batch-size", type=int, default=16, help="images per batch (16)")
@@ -134,6 +136,7 @@ def transductive_overlap(backbone: str, dataset: Dataset) -> dict[str, int] | No
 def run(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         raise ValueError("--seeds must be >= 1")
+    fit_config = FitConfig(augment=not args.no_augment).with_overrides(args.fit)
     dataset = load_dataset(args.data)
     fill_backbone_defaults(args)
     check_pretrain_overlap(args.backbone, dataset, allow=args.allow_pretrain_overlap)
@@ -145,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
         shots=args.shots,
         seeds=args.seeds,
         methods=args.method,
-        fit_config=FitConfig(augment=not args.no_augment),
+        fit_config=fit_config,
         databar=databar_for(args.data, args.databar_top, args.databar_bottom),
         batch_size=args.batch_size,
     )

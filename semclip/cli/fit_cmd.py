@@ -10,6 +10,7 @@ from semclip.cli.commands import summary
 from semclip.cli.common import (
     add_backbone_options,
     add_databar_options,
+    add_fit_options,
     backbone_from,
     databar_for,
     progress_bar,
@@ -61,17 +62,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_backbone_options(parser)
     add_databar_options(parser)
+    add_fit_options(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    config = FitConfig(
+        seed=args.seed, augment=not args.no_augment, generic_prompts=args.generic_prompts
+    ).with_overrides(args.fit)
     dataset = load_dataset(args.data)
     support, _ = draw_support(dataset, args.shots, args.seed)
     validate_masks(support)
     backbone = backbone_from(args)
-    config = FitConfig(
-        seed=args.seed, augment=not args.no_augment, generic_prompts=args.generic_prompts
-    )
     with progress_bar(len(support), "fit: backbone features") as bar:
         model = SemclipModel.fit(
             backbone,

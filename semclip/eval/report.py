@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from semclip.config import FitConfig
 from semclip.eval.pixels import HISTOGRAM_BINS
 from semclip.eval.registry import DEFAULT_METHOD
 from semclip.eval.runner import EvalResult
@@ -95,6 +96,7 @@ def write_report(result: EvalResult, out_dir: str | os.PathLike, *, plots: bool 
     _dump(out / "metrics.json", records(result))
     _dump(out / "per_class.json", class_records(result))
     _dump(out / "confusion.json", confusion_records(result))
+    _dump(out / "fit_config.json", result.config.fit_config.to_dict())
     figures: list[tuple[str, str]] = []
     if plots:
         from semclip.eval.plots import write_plots
@@ -103,6 +105,21 @@ def write_report(result: EvalResult, out_dir: str | os.PathLike, *, plots: bool 
     path = out / "report.md"
     path.write_text(markdown(result, figures))
     return path
+
+
+def fit_changes(config: FitConfig) -> str:
+    """'; changed from the defaults: k=v, …' for fields an override set ('' when none).
+
+    A report of a re-measured default must say which default it changed; seed and augment
+    are protocol choices shown elsewhere.
+    """
+    base = FitConfig(augment=config.augment, seed=config.seed)
+    changed = [
+        f"{name}={value}"
+        for name, value in config.to_dict().items()
+        if value != getattr(base, name)
+    ]
+    return f"; changed from the defaults: {', '.join(changed)}" if changed else ""
 
 
 def _dump(path: Path, data: Any) -> None:
@@ -247,7 +264,8 @@ def _facts(result: EvalResult) -> list[str]:
         f"- Protocol: k = {', '.join(map(str, cfg.shots))} per class (good included), "
         f"seeds 0..{cfg.seeds - 1}; the rest of each draw is the test set",
         f"- Fit: augment={cfg.fit_config.augment}, steps {cfg.fit_config.min_steps}-"
-        f"{cfg.fit_config.max_steps}, CV folds {cfg.fit_config.cv_folds}",
+        f"{cfg.fit_config.max_steps}, CV folds {cfg.fit_config.cv_folds}"
+        + fit_changes(cfg.fit_config),
         f"- Feature cache `{result.cache['folder']}`: {result.cache['hits']} hits, "
         f"{result.cache['misses']} misses (backbone passes, image × augmentation)",
         "- Pixel metrics over all pixels of the test images at original resolution: "
