@@ -352,3 +352,44 @@ def test_plots_of_a_random_backbone_carry_the_banner(tmp_path: Path, random_weig
     top = pixels[: max(1, pixels.shape[0] // 12)]
     red = np.all(np.abs(top - np.array(BANNER_RGB) * 255) < 30, axis=-1)
     assert bool(red.mean() > 0.05) is random_weights, red.mean()
+
+
+def test_alpha_ablations_override_the_class_aware_fusion() -> None:
+    """-no-pclip / -no-head mean α = 0 / 1 for every class, even when the fit chose α_c.
+
+    A model with a class CLIP cannot know stores α_c (0 for that class); the ablations must
+    not inherit it, or they silently equal `semclip` (found on NEU-Seg, where no class is
+    prompted and all three reported the same accuracy).
+    """
+    from types import SimpleNamespace
+
+    import torch
+
+    from semclip.config import Calibration
+    from semclip.eval.methods import (
+        semclip,
+        semclip_global_alpha,
+        semclip_no_head,
+        semclip_no_pclip,
+    )
+
+    calibration = Calibration(alpha=0.3, class_alpha=(0.3, 0.3, 0.0))
+    model = SimpleNamespace(
+        heads=SimpleNamespace(n_stages=4), calibration=calibration, good_index=0, membank=None
+    )
+    ctx = SimpleNamespace(
+        memo=lambda key, make: model,
+        encoded=SimpleNamespace(feats=SimpleNamespace(tokens=torch.zeros(1, 4, 5, 8))),
+        size=32,
+    )
+    split = SimpleNamespace(shots=2, seed=0)
+    alphas = {
+        fn.__name__: fn(ctx, split).calibration.alphas(3)  # type: ignore[arg-type]
+        for fn in (semclip, semclip_no_pclip, semclip_no_head, semclip_global_alpha)
+    }
+    assert alphas == {
+        "semclip": (0.3, 0.3, 0.0),
+        "semclip_no_pclip": (0.0, 0.0, 0.0),
+        "semclip_no_head": (1.0, 1.0, 1.0),
+        "semclip_global_alpha": (0.3, 0.3, 0.3),
+    }

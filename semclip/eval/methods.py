@@ -128,12 +128,14 @@ def semclip_generic_prompts(ctx: EvalContext, split: Split) -> SemclipScorer:
 
 @register("semclip-no-pclip", "w/o P_clip: α = 0, classification by the trained head only")
 def semclip_no_pclip(ctx: EvalContext, split: Split) -> SemclipScorer:
-    return _scorer(ctx, fitted(ctx, split), alpha=0.0)
+    # class_alpha None: a per-class α (class-aware fusion) would otherwise win over α = 0
+    return _scorer(ctx, fitted(ctx, split), alpha=0.0, class_alpha=None)
 
 
 @register("semclip-no-head", "w/o P_head: α = 1, classification by text prototypes only")
 def semclip_no_head(ctx: EvalContext, split: Split) -> SemclipScorer:
-    return _scorer(ctx, fitted(ctx, split), alpha=1.0)
+    # every class on P_clip, unprompted ones too (their generic prompts): the ablation's meaning
+    return _scorer(ctx, fitted(ctx, split), alpha=1.0, class_alpha=None)
 
 
 @register(
