@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Literal, get_args
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 MembankTokens = Literal["vanilla", "vv"]  # ln_post vanilla tokens (width) or V-V tokens (embed)
 ClassAlpha = Literal["global", "prompted"]  # one α, or α_c = 0 for classes CLIP cannot know
+HeadInit = Literal["prototype", "random"]  # class means (Tip-Adapter style) or random weights
 
 # The largest image area decoded by default: 2**28 px (about 268 Mpx, e.g. 16384 x 16384) is
 # 1 GiB of float32 output, above Pillow's own ~179 Mpx warning (full-wafer SEM mosaics are
@@ -34,7 +35,7 @@ class FitConfig:
     weight_decay: float = 1e-4  # Adam L2 on the transformation layers
     head_lr: float = 1e-2  # Adam on the linear classification head (a convex problem)
     head_weight_decay: float = 1e-3  # L2 on the head: bounded logits on separable shots
-    head_init: str = "prototype"  # "prototype" (class means, Tip-Adapter style) or "random"
+    head_init: HeadInit = "prototype"  # start of the classification head
     focal_gamma: float = 2.0  # focal loss focusing parameter
     dice_weight: float = 1.0  # weight of the dice loss on the defect map
     dice_per_image: bool = False  # dice per image and stage (True) or one over the batch
@@ -78,11 +79,6 @@ class FitConfig:
         return replace(self, **changes)
 
 
-_FIT_CHOICES: dict[str, tuple[str, ...]] = {
-    "membank_tokens": get_args(MembankTokens),
-    "class_alpha": get_args(ClassAlpha),
-    "head_init": ("prototype", "random"),
-}
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
@@ -104,7 +100,8 @@ def parse_field_value(config: FitConfig, key: str, text: str) -> Any:
     except ValueError:
         kind = type(default).__name__
         raise ValueError(f"fit override {key}={text!r}: expected a {kind}") from None
-    choices = _FIT_CHOICES.get(key)
+    hint = get_type_hints(FitConfig)[key]  # the Literal fields' choices, from the annotation
+    choices = get_args(hint) if get_origin(hint) is Literal else None
     if choices is not None and text not in choices:
         raise ValueError(f"fit override {key}={text!r}: expected one of {', '.join(choices)}")
     return text

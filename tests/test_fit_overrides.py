@@ -32,6 +32,7 @@ def test_overrides_are_read_as_their_fields_types() -> None:
         ("default_alpha=", "default_alpha='': expected a float"),
         ("augment=maybe", "augment='maybe': expected true or false"),
         ("membank_tokens=cls", "membank_tokens='cls': expected one of vanilla, vv"),
+        ("head_init=zeros", "head_init='zeros': expected one of prototype, random"),
     ],
 )
 def test_a_bad_override_fails_naming_the_field(pair: str, named: str) -> None:
