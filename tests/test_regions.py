@@ -1,4 +1,4 @@
-"""Region statistics: 8-connected counting, total area and the joint bounding box."""
+"""Region statistics (8-connected count, area, joint box) and shape/contrast descriptors."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from semclip.regions import RegionStats, region_stats
+from semclip.regions import REGION_DESCRIPTORS, RegionStats, region_descriptors, region_stats
 
 
 def test_empty_mask_has_no_regions_and_no_box() -> None:
@@ -58,3 +58,49 @@ def test_fields_are_plain_ints_and_frozen() -> None:
 def test_rejects_non_2d() -> None:
     with pytest.raises(ValueError, match="2-D"):
         region_stats(np.zeros((2, 2, 2), bool))
+
+
+def _scene() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return 0.5 + 0.02 * rng.standard_normal((64, 64))
+
+
+def test_region_descriptors_tell_a_scratch_from_a_particle_and_a_hole() -> None:
+    image = _scene()
+    scratch = np.zeros((64, 64), bool)
+    scratch[30:32, 4:60] = True
+    particle = np.zeros((64, 64), bool)
+    particle[20:26, 20:26] = True
+    image[particle] = 0.9  # brighter than its surroundings
+    hole = np.zeros((64, 64), bool)
+    hole[40:46, 40:46] = True
+    image[hole] = 0.1  # darker
+    names = list(REGION_DESCRIPTORS)
+    s, p, h = (region_descriptors(image, m) for m in (scratch, particle, hole))
+    elong, contrast = names.index("log_elongation"), names.index("contrast")
+    assert s[elong] > p[elong] + 1.5  # 56 × 2 px against 6 × 6 px
+    assert p[contrast] > 2 and h[contrast] < -2
+    assert s.shape == (len(REGION_DESCRIPTORS),) and np.isfinite(s).all()
+    assert s[names.index("n_regions")] == 1
+    assert region_descriptors(image, particle | hole)[names.index("n_regions")] == 2
+
+
+def test_region_descriptors_do_not_depend_on_brightness_and_gain() -> None:
+    image = _scene()
+    mask = np.zeros((64, 64), bool)
+    mask[10:14, 10:30] = True
+    image[mask] = 0.8
+    np.testing.assert_allclose(
+        region_descriptors(image, mask),
+        region_descriptors(3.0 * image + 0.2, mask),
+        rtol=1e-4,
+        atol=1e-3,
+    )
+
+
+def test_region_descriptors_refuse_an_empty_or_mis_sized_mask() -> None:
+    image = _scene()
+    with pytest.raises(ValueError, match="non-empty"):
+        region_descriptors(image, np.zeros((64, 64), bool))
+    with pytest.raises(ValueError, match="not the image's"):
+        region_descriptors(image, np.ones((32, 64), bool))
