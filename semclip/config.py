@@ -51,6 +51,8 @@ class FitConfig:
     membank_max_patches: int = 20000  # per stage; more are reduced by a greedy coreset
     membank_augmented: bool = False  # also store the flipped/rotated copies' patches (8×)
     membank_weight: float = 0.5  # β in S = (1 − β) S_clip + β S_knn where it cannot be chosen
+    selfsim: bool = True  # fuse the within-image self-similarity map (semclip.selfsim)
+    selfsim_weight: float = 0.5  # γ in S = (1 − γ) S_fit + γ S_self where it cannot be chosen
     generic_prompts: bool = False  # "w/o detailed prompt" ablation
     feature_batch_size: int = 0  # backbone batch; 0 = by device (16 CPU, by memory on CUDA)
 
@@ -145,6 +147,8 @@ class Calibration:
     class_alpha: tuple[float, ...] | None = None  # per-class α_c (model order); None: all α
     membank_weight: float = 0.0  # β: weight of the memory-bank map in the defect map S
     surgery_scale: float = 1.0  # temperature of the feature-surgery class weights
+    selfsim_weight: float = 0.0  # γ: weight of the self-similarity map in the defect map S
+    selfsim_scale: float = 1.0  # good shots' self-similarity distance quantile (map 0.5 there)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -6,7 +6,8 @@ The exported graph takes a normalised batch (B, 3, S, S) (the model's own prepro
 * ``probabilities`` (B, K): the fused class probabilities, model class order, as `predict`
   gives them before its fp16 feature cache (same functions: `class_probabilities`);
 * ``anomaly_map`` (B, g, g): the defect map at feature resolution, one value per patch:
-  (1 − β) · (S_v + S_n) / 2 + β · S_knn with the memory bank when the model has one.
+  (1 − β) · (S_v + S_n) / 2 + β · S_knn with the memory bank when the model has one, then
+  (1 − γ) · that + γ · S_self with the within-image self-similarity map (resized to g × g).
   Upsampling to the image, smoothing and thresholding at τ stay with the caller (τ and the
   class order are written into the file's metadata).
 
@@ -34,6 +35,8 @@ from semclip.features import surgery_maps
 from semclip.inference import class_probabilities, patch_clip_map
 from semclip.maps import patch_grid
 from semclip.model import SemclipModel
+from semclip.selfsim import anomaly as selfsim_anomaly
+from semclip.selfsim import self_similarity
 
 OPSET = 18
 INPUT_NAME = "images"
@@ -51,6 +54,9 @@ class ExportedSemclip(nn.Module):
         self.good_index = model.good_index
         self.membank = model.membank
         self.beta = float(model.calibration.membank_weight) if model.membank is not None else 0.0
+        self.gamma = float(model.calibration.selfsim_weight)
+        self.grid = int(self.encoder.grid)  # a constant, so the resize exports as ONNX Resize
+        self.selfsim_scale = float(model.calibration.selfsim_scale)
 
     def features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(tokens, vv) as `extract_features` makes them, kept in fp32."""
@@ -68,7 +74,12 @@ class ExportedSemclip(nn.Module):
         if self.membank is not None and self.beta > 0:
             knn = membank_anomaly(self.membank, self.membank.patch_tokens(tokens, vv))
             amap = (1.0 - self.beta) * amap + self.beta * knn
-        return probs, patch_grid(amap[..., None])[:, 0]  # (B, g, g)
+        amap = patch_grid(amap[..., None])[:, 0]  # (B, g, g)
+        if self.gamma > 0:
+            own = selfsim_anomaly(self_similarity(images), self.selfsim_scale)  # (B, 15, 15)
+            own = F.interpolate(own[:, None], size=(self.grid, self.grid), mode="bilinear")[:, 0]
+            amap = (1.0 - self.gamma) * amap + self.gamma * own
+        return probs, amap
 
 
 def membank_anomaly(bank: nn.Module, patches: torch.Tensor) -> torch.Tensor:

@@ -86,7 +86,9 @@ class FeatureCache:
             if path.is_file():
                 try:
                     data = load_file(str(path))
-                    entry = Features(data["tokens"], data["vv"])
+                    if "selfsim" not in data:  # written before self-similarity: recompute
+                        return None
+                    entry = Features(data["tokens"], data["vv"], data["selfsim"])
                 except Exception as exc:  # a torn write from a killed run: recompute it
                     log.warning("ignoring unreadable cache entry %s: %s", path, exc)
                     return None
@@ -96,13 +98,17 @@ class FeatureCache:
         return None
 
     def _store(self, key: str, entry: Features) -> None:
-        entry = Features(entry.tokens.contiguous().clone(), entry.vv.contiguous().clone())
+        tensors = {"tokens": entry.tokens, "vv": entry.vv}
+        if entry.selfsim is not None:
+            tensors["selfsim"] = entry.selfsim
+        tensors = {name: t.contiguous().clone() for name, t in tensors.items()}
+        entry = Features(tensors["tokens"], tensors["vv"], tensors.get("selfsim"))
         if self.memory is not None:
             self.memory[key] = entry
         if self.folder is not None:
             self.folder.mkdir(parents=True, exist_ok=True)
             tmp = self.folder / f"{key}.tmp"
-            save_file({"tokens": entry.tokens, "vv": entry.vv}, str(tmp))
+            save_file(tensors, str(tmp))
             tmp.replace(self.folder / f"{key}.safetensors")
 
 

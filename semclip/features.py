@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from semclip.data.databar import DatabarCrop
 from semclip.encoder import DualPathEncoder
 from semclip.maps import surgery_defect_map, surgery_similarity
+from semclip.selfsim import self_similarity
 
 N_DIHEDRAL = 8  # identity, 3 rotations, and the 4 flipped versions
 
@@ -91,20 +92,32 @@ class Features:
 
     tokens: (N, m, 1+P, width) ln_post-normalised vanilla stage tokens, CLS first (fp16).
     vv: (N, m, 1+P, embed) V-V stage tokens through ln_post/proj, vanilla CLS first (fp16).
+    selfsim: (N, g, g) within-image self-similarity distances of the model input
+    (`semclip.selfsim`, fp16); None where features were made without it.
     """
 
     tokens: torch.Tensor
     vv: torch.Tensor
+    selfsim: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
 
     def __getitem__(self, idx: torch.Tensor | slice | list[int]) -> Features:
-        return Features(self.tokens[idx], self.vv[idx])
+        selfsim = self.selfsim[idx] if self.selfsim is not None else None
+        return Features(self.tokens[idx], self.vv[idx], selfsim)
 
     @staticmethod
     def cat(parts: list[Features]) -> Features:
-        return Features(torch.cat([p.tokens for p in parts]), torch.cat([p.vv for p in parts]))
+        """Entries of all parts in order; `selfsim` only when every part has it."""
+        selfsim = (
+            torch.cat([p.selfsim for p in parts])
+            if parts and all(p.selfsim is not None for p in parts)
+            else None
+        )
+        return Features(
+            torch.cat([p.tokens for p in parts]), torch.cat([p.vv for p in parts]), selfsim
+        )
 
     @property
     def grid(self) -> int:
@@ -142,7 +155,10 @@ def extract_features(
         ln_post = encoder.visual.ln_post
         tokens = torch.stack([ln_post(s.vanilla) for s in stages], dim=1)
         vv = torch.stack([s.vv for s in stages], dim=1)
-    return Features(tokens.to(out, torch.float16), vv.to(out, torch.float16))
+    selfsim = self_similarity(x)  # outside autocast: float32 distances
+    return Features(
+        tokens.to(out, torch.float16), vv.to(out, torch.float16), selfsim.to(out, torch.float16)
+    )
 
 
 def surgery_maps(

@@ -15,6 +15,7 @@ from semclip.features import Features, surgery_maps
 from semclip.heads import SemclipHeads, fuse_probs
 from semclip.maps import class_logits, gaussian_smooth, patch_grid, smoothing_sigma, upsample
 from semclip.membank import PatchMemoryBank
+from semclip.selfsim import anomaly as selfsim_anomaly
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class HeadOutputs:
     clip_map: torch.Tensor | None = None  # (B, S, S) smoothed (S_v + S_n) / 2, before the bank
     membank_map: torch.Tensor | None = None  # (B, S, S) smoothed memory-bank map, when computed
     cls_embedding: torch.Tensor | None = None  # (B, embed) unit CLS in the joint space (drift)
+    selfsim_map: torch.Tensor | None = None  # (B, S, S) smoothed self-similarity map, when used
 
 
 @torch.no_grad()
@@ -49,6 +51,8 @@ def run_heads(
     `surgery` (B, m, P) may be passed when precomputed (it depends only on features and text).
     With a `membank` and β = calibration.membank_weight > 0, S = (1 − β) S_clip + β S_knn;
     `membank_exclude` (B,) names each image's own unit in the bank (leave-one-out on shots).
+    With γ = calibration.selfsim_weight > 0 and features that carry `selfsim`, that S becomes
+    (1 − γ) S + γ S_self (`semclip.selfsim`: what has no twin in its own image).
     """
     device = heads.text.device
     tokens = feats.tokens.to(device).float()  # (B, m, 1+P, width)
@@ -69,6 +73,11 @@ def run_heads(
         knn_map = gaussian_smooth(upsample(patch_grid(knn[..., None]), size)[:, 0], sigma)
         knn_map = knn_map.clamp(0.0, 1.0)
         score = (1.0 - beta) * clip_map + beta * knn_map
+    gamma = float(calibration.selfsim_weight)
+    self_map = None
+    if feats.selfsim is not None and gamma > 0:
+        self_map = selfsim_map(feats.selfsim.to(device), calibration.selfsim_scale, size, sigma)
+        score = (1.0 - gamma) * score + gamma * self_map
 
     defect_probs = class_probs.mean(dim=1).clone()  # (B, K, S, S)
     defect_probs[:, good_index] = -1.0
@@ -77,8 +86,23 @@ def run_heads(
     probs, p_clip, p_clip_proj, p_head = class_probabilities(heads, tokens, vv, calibration)
     cls_embedding = torch.nn.functional.normalize(vv[:, -1, 0].float(), dim=-1)  # (B, embed)
     return HeadOutputs(
-        probs, p_clip, p_clip_proj, p_head, score, class_map, clip_map, knn_map, cls_embedding
+        probs,
+        p_clip,
+        p_clip_proj,
+        p_head,
+        score,
+        class_map,
+        clip_map,
+        knn_map,
+        cls_embedding,
+        self_map,
     )
+
+
+def selfsim_map(distances: torch.Tensor, scale: float, size: int, sigma: float) -> torch.Tensor:
+    """Self-similarity distances (B, g, g) → smoothed anomaly map (B, S, S) in [0, 1)."""
+    a = selfsim_anomaly(distances, scale)[:, None]  # (B, 1, g, g)
+    return gaussian_smooth(upsample(a, size)[:, 0], sigma).clamp(0.0, 1.0)
 
 
 def class_probabilities(

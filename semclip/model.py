@@ -202,13 +202,15 @@ class SemclipModel:
             "last": history[-1] if history else None,
         }
         log.info(
-            "fitted %d classes on %d images in %d steps: tau=%.3f alpha=%.2f beta=%.2f (%s)",
+            "fitted %d classes on %d images in %d steps: tau=%.3f alpha=%.2f beta=%.2f "
+            "gamma=%.2f (%s)",
             len(classes),
             len(items),
             len(history),
             calibration.tau,
             calibration.alpha,
             calibration.membank_weight,
+            calibration.selfsim_weight,
             calibration.method,
         )
         return model

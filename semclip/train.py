@@ -3,8 +3,8 @@
 Backbone and text tower are frozen: the backbone ran once per support image and augmentation
 (see features.py); here only W_1..W_m and the classification head are trained, with focal + dice
 on the per-stage defect maps and cross-entropy on the head (Adam, as the paper), until the
-training loss stops falling. The memory bank stores the support's normal patches. τ, α and the
-bank's weight β are chosen on folds the heads did not see.
+training loss stops falling. The memory bank stores the support's normal patches. τ, α, the
+bank's weight β and the self-similarity map's weight γ are chosen on folds the heads did not see.
 """
 
 from __future__ import annotations
@@ -23,11 +23,16 @@ from semclip.heads import SemclipHeads, fuse_probs, prototype_init
 from semclip.inference import run_heads
 from semclip.membank import PatchMemoryBank
 from semclip.metrics import f1_max
+from semclip.selfsim import normal_scale
 
 log = logging.getLogger(__name__)
 
 ALPHA_GRID = tuple(round(a, 2) for a in np.linspace(0.0, 1.0, 21))
 BETA_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)  # memory-bank weights tried by cross-validation
+# Self-similarity weights tried by cross-validation. Never 1: S_self cannot learn from the shots,
+# and at k = 2 a fold of 2-4 held-out images picked γ = 1 on NEU-Seg once, dropping that seed's
+# pAUROC from 86 to 68 (docs/offline-quality.md); 0.75 keeps a quarter of what the shots taught.
+GAMMA_GRID = (0.0, 0.25, 0.5, 0.75)
 PROTOTYPE_SCALE = 10.0  # logit scale of the prototype-initialised head
 PLATEAU_EMA = 0.9  # smoothing of the training loss for the plateau stop
 PLATEAU_REL = 0.01  # a new low must beat the best smoothed loss by this fraction...
@@ -212,23 +217,25 @@ def calibrate(
     device: torch.device,
     clip_classes: torch.Tensor | None = None,
 ) -> Calibration:
-    """Choose τ, α, β and the P_clip source by cross-validation over support images (k ≥ 2).
+    """Choose τ, α, β, γ and the P_clip source by cross-validation over support images (k ≥ 2).
 
-    The heads fit their own support images perfectly at small k, so τ, α and β are chosen on
+    The heads fit their own support images perfectly at small k, so τ, α, β and γ are chosen on
     folds the heads (and the fold's memory bank) did not see; folds are whole groups (or
     images), a fold holding one unit of every class where it can. `clip_classes` (K,) bool
     marks the classes P_clip may vote for (class-aware fusion); the others get α_c = 0.
     """
+    scale = selfsim_scale(support, good_index) if config.selfsim else None
     base = Calibration(
         alpha=config.default_alpha,
         surgery_scale=config.surgery_scale,
         membank_weight=config.membank_weight if config.membank else 0.0,
+        selfsim_weight=config.selfsim_weight if scale is not None else 0.0,
+        selfsim_scale=scale if scale is not None else 1.0,
     )
     base = replace(base, class_alpha=class_alphas(base.alpha, clip_classes))
     folds = assign_folds(support, config.cv_folds)
     if folds is None:
         return base
-    probe = replace(base, class_alpha=None, membank_weight=1.0)  # every part computed
     held: list[tuple[torch.Tensor, ...]] = []
     for fold in range(int(folds.max()) + 1):
         test_images = torch.nonzero(folds == fold).flatten()
@@ -236,9 +243,18 @@ def calibrate(
         train = support.subset(~in_test)
         heads = fit_heads(train, text, good_index, config, proj_init, device)
         bank = build_membank(train, good_index, config, device)[0] if config.membank else None
+        fold_scale = selfsim_scale(train, good_index) if scale is not None else None
+        probe = replace(  # every part computed, on the fold's own scales
+            base,
+            class_alpha=None,
+            membank_weight=1.0,
+            selfsim_weight=1.0 if scale is not None else 0.0,
+            selfsim_scale=fold_scale or base.selfsim_scale,
+        )
         test = support.subset(in_test & (support.aug_index == 0))
         out = run_heads(heads, test.feats, probe, good_index, size, membank=bank)
         knn = out.membank_map if out.membank_map is not None else out.clip_map
+        own = out.selfsim_map if out.selfsim_map is not None else out.clip_map
         held.append(
             (
                 test.image_index,
@@ -248,15 +264,18 @@ def calibrate(
                 out.p_head.cpu(),
                 out.clip_map.cpu(),
                 knn.cpu(),
+                own.cpu(),
             )
         )
-    image_index, labels, p_tr, p_proj, p_head, clip_map, knn_map = (
+    image_index, labels, p_tr, p_proj, p_head, clip_map, knn_map, self_map = (
         torch.cat(x) for x in zip(*held, strict=True)
     )
     source, p_clip = _choose_pclip(labels, p_tr, p_proj)
     alpha, acc = _choose_alpha(labels, p_clip, p_head, clip_classes)
+    maps = MapParts(clip_map, knn_map, self_map)
     betas = BETA_GRID if config.membank else (0.0,)
-    beta, tau, f1 = _choose_map(support, image_index, clip_map, knn_map, betas, base)
+    gammas = GAMMA_GRID if scale is not None else (0.0,)
+    beta, gamma, tau, f1 = _choose_map(support, image_index, maps, betas, gammas, base)
     details = {
         "folds": int(folds.max()) + 1,
         "cv_accuracy": acc,
@@ -269,6 +288,7 @@ def calibrate(
         alpha=alpha,
         class_alpha=class_alphas(alpha, clip_classes),
         membank_weight=beta,
+        selfsim_weight=gamma,
         pclip_source=source,
         method="cross-validation",
         details=details,
@@ -390,33 +410,61 @@ def _choose_alpha(
     return best[1], best[2]
 
 
+@dataclass(frozen=True)
+class MapParts:
+    """Held-out defect maps (n, S, S) of the three parts the fused map S weighs."""
+
+    clip: torch.Tensor  # S_clip, the trained heads' map
+    knn: torch.Tensor  # S_knn, the memory bank's map
+    own: torch.Tensor  # S_self, the within-image self-similarity map
+
+    def fused(self, beta: float, gamma: float, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """S = (1 − γ) ((1 − β) S_clip + β S_knn) + γ S_self, on the `keep` images."""
+        clip, knn, own = (m if keep is None else m[keep] for m in (self.clip, self.knn, self.own))
+        return (1 - gamma) * ((1 - beta) * clip + beta * knn) + gamma * own
+
+
 def _choose_map(
     support: SupportTensors,
     image_index: torch.Tensor,
-    clip_map: torch.Tensor,
-    knn_map: torch.Tensor,
+    maps: MapParts,
     betas: tuple[float, ...],
+    gammas: tuple[float, ...],
     base: Calibration,
-) -> tuple[float, float, float | None]:
-    """(β, τ, F1) with the best held-out pixel F1-max of (1 − β) S_clip + β S_knn.
+) -> tuple[float, float, float, float | None]:
+    """(β, γ, τ, F1) with the best held-out pixel F1-max of the fused map (`MapParts.fused`).
 
-    Without held-out masks nothing can be measured: β stays the default and τ comes from the
-    held-out scores of images with known (all-good) pixels.
+    Without held-out masks nothing can be measured: β and γ stay the defaults and τ comes from
+    the held-out scores of images with known (all-good) pixels. Ties keep the earlier (smaller)
+    weights.
     """
     known = support.image_has_mask[image_index]
     masks = support.masks[image_index[known]]
     if not bool(known.any()) or not bool(masks.any()):
         beta = base.membank_weight if len(betas) > 1 else 0.0
-        score = (1 - beta) * clip_map + beta * knn_map
-        return beta, default_tau(score[known] if bool(known.any()) else score), None
+        gamma = base.selfsim_weight if len(gammas) > 1 else 0.0
+        score = maps.fused(beta, gamma)
+        return beta, gamma, default_tau(score[known] if bool(known.any()) else score), None
     truth = masks.flatten().numpy() > 0.5
-    best: tuple[float, float, float] | None = None
-    for beta in betas:
-        score = ((1 - beta) * clip_map[known] + beta * knn_map[known]).flatten().numpy()
-        f1, tau = f1_max(score, truth)
-        if best is None or f1 > best[2] + 1e-9:
-            best = (beta, float(tau), float(f1))
+    best: tuple[float, float, float, float] | None = None
+    for gamma in gammas:
+        for beta in betas:
+            score = maps.fused(beta, gamma, known).flatten().numpy()
+            f1, tau = f1_max(score, truth)
+            if best is None or f1 > best[3] + 1e-9:
+                best = (beta, gamma, float(tau), float(f1))
     return best
+
+
+def selfsim_scale(support: SupportTensors, good_index: int) -> float | None:
+    """The good shots' self-similarity scale (`semclip.selfsim.normal_scale`), un-augmented
+    entries only; None when the features carry no self-similarity or there is no good shot."""
+    if support.feats.selfsim is None:
+        return None
+    keep = (support.labels == good_index) & (support.aug_index == 0)
+    if not bool(keep.any()):
+        return None
+    return normal_scale(support.feats.selfsim[keep])
 
 
 def default_tau(good_scores: torch.Tensor) -> float:

@@ -15,6 +15,7 @@ from semclip.artifact import save_model
 from semclip.cli import main
 from semclip.features import surgery_maps
 from semclip.inference import patch_clip_map, run_heads
+from semclip.selfsim import anomaly, self_similarity
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -31,9 +32,11 @@ from semclip.export import (  # noqa: E402
 
 @pytest.fixture(scope="module")
 def banked(fitted_model: SemclipModel) -> SemclipModel:
-    """The fitted model with the memory bank weighted in (β = 0.4), so the map uses it."""
+    """The fitted model with the memory bank (β = 0.4) and self-similarity (γ = 0.25) weighted
+    in, so the map uses both."""
     assert fitted_model.membank is not None
-    return replace(fitted_model, calibration=replace(fitted_model.calibration, membank_weight=0.4))
+    calibration = replace(fitted_model.calibration, membank_weight=0.4, selfsim_weight=0.25)
+    return replace(fitted_model, calibration=calibration)
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +95,10 @@ def test_eager_module_is_the_production_math(banked: SemclipModel) -> None:
         atol=1e-6,
         rtol=0,
     )
-    expected = (0.6 * clip + 0.4 * knn).view(2, banked.encoder.grid, -1)
+    g = banked.encoder.grid
+    own = anomaly(self_similarity(x), banked.calibration.selfsim_scale)[:, None]
+    own = torch.nn.functional.interpolate(own, size=(g, g), mode="bilinear")[:, 0]  # per patch
+    expected = 0.75 * (0.6 * clip + 0.4 * knn).view(2, g, g) + 0.25 * own
     torch.testing.assert_close(amap, expected, atol=1e-6, rtol=0)
 
 

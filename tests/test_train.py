@@ -18,6 +18,7 @@ from semclip.heads import fuse_probs
 from semclip.inference import run_heads
 from semclip.train import (
     ALPHA_GRID,
+    MapParts,
     Plateau,
     SupportTensors,
     _choose_alpha,
@@ -223,15 +224,47 @@ def test_choose_alpha_grid_and_tie_break() -> None:
     assert alpha < 0.5
 
 
-def test_map_weight_and_tau_chosen_on_held_out_masks() -> None:
+def test_map_weights_and_tau_chosen_on_held_out_masks() -> None:
     support, _, _ = make_support(per_class=2)
     index = torch.arange(len(support.feats))
     truth = support.masks
     noise = torch.rand(truth.shape, generator=torch.Generator().manual_seed(0))
-    beta, tau, f1 = _choose_map(support, index, noise, 0.2 + 0.6 * truth, (0.0, 0.5, 1.0), FAST)
-    assert beta == 1.0 and f1 == pytest.approx(1.0) and 0.2 < tau < 0.81  # score ≥ τ
-    beta, _, _ = _choose_map(support, index, truth, noise, (0.0, 0.5, 1.0), FAST)
-    assert beta == 0.0
+    right = 0.2 + 0.6 * truth
+    grid = (0.0, 0.5, 1.0)
+
+    def choose(clip: torch.Tensor, knn: torch.Tensor, own: torch.Tensor):
+        return _choose_map(support, index, MapParts(clip, knn, own), grid, grid, FAST)
+
+    beta, gamma, tau, f1 = choose(noise, right, noise)
+    assert (beta, gamma) == (1.0, 0.0) and f1 == pytest.approx(1.0) and 0.2 < tau < 0.81
+    beta, gamma, _, f1 = choose(noise, noise, right)
+    assert gamma == 1.0 and f1 == pytest.approx(1.0)
+    beta, gamma, _, _ = choose(truth, noise, noise)
+    assert (beta, gamma) == (0.0, 0.0)
+
+
+@pytest.mark.slow  # cross-validated fits, ~10 s
+def test_self_similarity_weight_is_chosen_where_only_it_finds_the_defect() -> None:
+    """The patch tokens carry no defect signal; the self-similarity distances are high exactly
+    on the defect quarter. Held out, only S_self finds it, so γ must be large; with
+    `selfsim=False` (or features without it) γ is 0 and the scale is left at 1."""
+    support, text, proj = make_support(per_class=3)
+    tokens, vv = support.feats.tokens.clone(), support.feats.vv.clone()
+    tokens[:, :, 1:, 8 : 8 + K] = 0.0  # remove the defect channels from the patches
+    vv[:, :, 1:, 8 : 8 + K] = 0.0
+    gen = torch.Generator().manual_seed(1)
+    selfsim = 0.1 * torch.rand(len(tokens), 15, 15, generator=gen)
+    defect = support.labels != GOOD
+    selfsim[defect, :7, :7] += 5.0  # the masked top-left quarter has no twin
+    support = replace(support, feats=Features(tokens, vv, selfsim))
+    config = replace(FAST, cv_folds=3)
+    cal = calibrate(support, text, GOOD, config, proj, SIZE, torch.device("cpu"))
+    assert cal.method == "cross-validation" and cal.selfsim_weight >= 0.5
+    assert 0.05 < cal.selfsim_scale <= 0.1  # the good shots' high quantile, not the defects'
+    off = calibrate(support, text, GOOD, replace(config, selfsim=False), proj, SIZE, "cpu")
+    assert off.selfsim_weight == 0.0 and off.selfsim_scale == 1.0
+    bare = replace(support, feats=Features(tokens, vv))
+    assert calibrate(bare, text, GOOD, config, proj, SIZE, "cpu").selfsim_weight == 0.0
 
 
 # ------------------------------------------------------------------------- memory bank
@@ -315,3 +348,4 @@ def test_calibration_alphas_and_stored_round_trip() -> None:
     legacy = Calibration.from_dict(old)  # written before the fields existed: as it predicted
     assert legacy.class_alpha is None and legacy.membank_weight == 0.0
     assert legacy.surgery_scale == 1.0
+    assert legacy.selfsim_weight == 0.0  # models saved before self-similarity predict as before

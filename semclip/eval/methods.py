@@ -1,9 +1,9 @@
 """SEM-CLIP and its ablations (paper Table 3) as evaluation methods.
 
-One fit per split serves `semclip`, `-no-transform`, `-no-pclip`, `-no-head`, `-no-membank`
-and `-global-alpha`: they differ from the fitted model only after fitting (training is
-deterministic for a seed, and the classification head's loss never reaches W_i), so refitting
-would give the same weights.
+One fit per split serves `semclip`, `-no-transform`, `-no-pclip`, `-no-head`, `-no-membank`,
+`-no-selfsim` and `-global-alpha`: they differ from the fitted model only after fitting
+(training is deterministic for a seed, and the classification head's loss never reaches W_i),
+so refitting would give the same weights.
 `-generic-prompts` and `-last-stage` need fits of their own.
 
 Last stage: the paper's "w/o multi-layer" uses only the last encoding block's outputs. We take
@@ -34,7 +34,7 @@ from semclip.model import SemclipModel
 
 def last_stage(feats: Features) -> Features:
     """Only the last stage of cached features: (N, m, ...) → (N, 1, ...)."""
-    return Features(feats.tokens[:, -1:], feats.vv[:, -1:])
+    return Features(feats.tokens[:, -1:], feats.vv[:, -1:], feats.selfsim)
 
 
 class LastStageCache:
@@ -152,6 +152,14 @@ def semclip_last_stage(ctx: EvalContext, split: Split) -> SemclipScorer:
 )
 def semclip_no_membank(ctx: EvalContext, split: Split) -> SemclipScorer:
     return _scorer(ctx, fitted(ctx, split), membank_weight=0.0)
+
+
+@register(
+    "semclip-no-selfsim",
+    "w/o self-similarity: defect map without the within-image twin distance (γ = 0)",
+)
+def semclip_no_selfsim(ctx: EvalContext, split: Split) -> SemclipScorer:
+    return _scorer(ctx, fitted(ctx, split), selfsim_weight=0.0)
 
 
 @register(

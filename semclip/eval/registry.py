@@ -33,6 +33,7 @@ ORDER = (
     "semclip-no-head",
     "semclip-last-stage",
     "semclip-no-membank",
+    "semclip-no-selfsim",
     "semclip-global-alpha",
 )
 DEFAULT_METHOD = "semclip"

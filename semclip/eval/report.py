@@ -32,6 +32,7 @@ ABLATIONS = (
     "semclip-no-head",
     "semclip-last-stage",
     "semclip-no-membank",
+    "semclip-no-selfsim",
     "semclip-global-alpha",
     "semclip",
 )
