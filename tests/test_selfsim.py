@@ -4,10 +4,16 @@ and the map reaches the defect map through features, the cache, calibration and 
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
+from semclip.artifact import load_model, save_model
 from semclip.backbone import load_backbone
 from semclip.config import Calibration
 from semclip.encoder import DualPathEncoder
@@ -15,6 +21,7 @@ from semclip.feature_cache import FeatureCache
 from semclip.features import Features, Preprocess, extract_features
 from semclip.heads import SemclipHeads
 from semclip.inference import run_heads
+from semclip.model import ImageScores
 from semclip.selfsim import anomaly, grid_side, normal_scale, self_similarity
 
 
@@ -92,8 +99,6 @@ def test_features_carry_self_similarity_through_index_cat_and_the_disk_cache(tmp
     again = cache.get(["a", "b"], compute)
     assert calls == [[0, 1]] and torch.equal(again.selfsim, feats.selfsim[:2])
     # an entry written before self-similarity existed is recomputed, not used without it
-    from safetensors.torch import save_file
-
     save_file({"tokens": feats.tokens[:1], "vv": feats.vv[:1]}, str(cache.folder / "c.safetensors"))
     cache.get(["c"], compute)
     assert calls[-1] == [0]
@@ -120,3 +125,35 @@ def test_run_heads_fuses_the_self_similarity_map_by_its_weight() -> None:
     y, x = divmod(int(fused.score_map[0].flatten().argmax()), 32)
     assert y > 16 and x < 16  # where image 0's selfsim peak is (rows 10-12, cols 2-4 of 15)
     assert float(fused.score_map[1].max()) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_the_plot_script_draws_one_column_per_defect_class(synth_dir, tmp_path) -> None:
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "plot_selfsim.py"
+    out = tmp_path / "selfsim.png"
+    done = subprocess.run(
+        [sys.executable, str(script), "--data", str(synth_dir), "--out", str(out), "--dpi", "40"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stat().st_size > 1000 and "images, scale" in done.stdout
+
+
+def test_a_fitted_model_scales_saves_and_predicts_with_the_self_similarity_map(
+    fitted_model, support_split, tmp_path
+) -> None:
+    """End to end on the tiny model: the fit measures the good shots' scale, the artifact keeps
+    γ and the scale, and the loaded model's maps change when γ is set to 0."""
+    cal = fitted_model.calibration
+    assert cal.selfsim_scale != 1.0 and cal.selfsim_scale > 0  # measured, not the default
+    weighted = replace(fitted_model, calibration=replace(cal, selfsim_weight=0.5))
+    loaded = load_model(save_model(weighted, tmp_path / "model"), verify=False)
+    assert loaded.calibration.selfsim_weight == 0.5
+    assert loaded.calibration.selfsim_scale == pytest.approx(cal.selfsim_scale)
+    images = [s.image for s in support_split[1].samples[:2]]
+    with_map = loaded.score(images)
+    loaded.calibration = replace(loaded.calibration, selfsim_weight=0.0)
+    without = loaded.score(images)
+    assert all(isinstance(x, ImageScores) for x in with_map + without)
+    diff = [abs(a.score_map - b.score_map).max() for a, b in zip(with_map, without, strict=True)]
+    assert max(diff) > 1e-3
