@@ -30,8 +30,9 @@ log = logging.getLogger(__name__)
 ALPHA_GRID = tuple(round(a, 2) for a in np.linspace(0.0, 1.0, 21))
 BETA_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)  # memory-bank weights tried by cross-validation
 # Self-similarity weights tried by cross-validation. Never 1: S_self cannot learn from the shots,
-# and at k = 2 a fold of 2-4 held-out images picked γ = 1 on NEU-Seg once, dropping that seed's
-# pAUROC from 86 to 68 (docs/offline-quality.md); 0.75 keeps a quarter of what the shots taught.
+# and at k = 2 (8 support images held out fold by fold) the folds picked γ = 1 on one NEU-Seg
+# seed, dropping its pAUROC from 86 to 68 (docs/offline-quality.md); 0.75 keeps a quarter of
+# what the shots taught.
 GAMMA_GRID = (0.0, 0.25, 0.5, 0.75)
 PROTOTYPE_SCALE = 10.0  # logit scale of the prototype-initialised head
 PLATEAU_EMA = 0.9  # smoothing of the training loss for the plateau stop
