@@ -33,8 +33,8 @@ from semclip.data.masks import read_mask  # noqa: E402
 from semclip.selfsim import anomaly, normal_scale, self_similarity  # noqa: E402
 
 
-def grey(sample: Sample, crop) -> np.ndarray:  # type: ignore[no-untyped-def]
-    return crop.apply(read_image(sample.image).pixels.astype(np.float32))
+def grey(pixels: np.ndarray, crop) -> np.ndarray:  # type: ignore[no-untyped-def]
+    return crop.apply(pixels.astype(np.float32))
 
 
 def distances(pixels: np.ndarray) -> torch.Tensor:
@@ -56,7 +56,9 @@ def main() -> None:
     goods = [s for s in dataset.samples if s.label == GOOD]
     if not goods:
         raise SystemExit(f"{args.data} has no good images to scale the map by")
-    scale = normal_scale(torch.stack([distances(grey(s, crop)) for s in goods]))
+    scale = normal_scale(
+        torch.stack([distances(grey(read_image(s.image).pixels, crop)) for s in goods])
+    )
     shown: list[Sample] = []
     for cls in dataset.classes:
         if cls == GOOD:
@@ -69,8 +71,8 @@ def main() -> None:
 
     fig, axes = plt.subplots(2, len(shown), figsize=(2.2 * len(shown), 4.6), squeeze=False)
     for j, sample in enumerate(shown):
-        pixels = grey(sample, crop)
-        full = read_image(sample.image).pixels
+        full = read_image(sample.image).pixels  # read once: pixels and the mask's shape
+        pixels = grey(full, crop)
         mask = crop.apply(read_mask(sample.mask, full.shape) != 0)
         amap = anomaly(distances(pixels)[None], scale)[:, None]
         amap = F.interpolate(amap, size=pixels.shape, mode="bilinear", align_corners=False)

@@ -72,6 +72,20 @@ def surgery_defect_map(sim: torch.Tensor, good_index: int) -> torch.Tensor:
     return 1.0 - (LOGIT_SCALE * sim).softmax(dim=-1)[..., good_index]
 
 
+QUANTILE_SAMPLE = 2**20  # a map quantile reads 1-2 × this many values (torch.quantile caps input)
+
+
+def map_quantile(values: torch.Tensor, q: float) -> float:
+    """The q-quantile of a map's values, from every n-th value, n = numel // QUANTILE_SAMPLE.
+
+    torch.quantile refuses inputs above 2**24 elements, and the support's maps at model
+    resolution can reach that; a strided sample of one to two million values moves a high
+    quantile by far less than the thresholds it sets.
+    """
+    flat = values.flatten().float()
+    return float(torch.quantile(flat[:: max(1, flat.numel() // QUANTILE_SAMPLE)], q))
+
+
 def smoothing_sigma(size: int) -> float:
     """σ of the final Gaussian smoothing at model resolution `size`."""
     return SMOOTH_SIGMA_AT_240 * size / 240.0

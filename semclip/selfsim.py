@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from semclip.maps import map_quantile
+
 SIZE = 64  # the image is area-resized to SIZE × SIZE before patches are compared
 PATCH = 8  # patch side in pixels at SIZE
 STRIDE = 4  # patch step in pixels at SIZE: neighbouring patches overlap by half
@@ -71,11 +73,9 @@ def normal_scale(distances: torch.Tensor, quantile: float = 0.99) -> float:
     memory bank does with its leave-one-out distances. Never below a small floor, so a
     perfectly periodic support does not divide by zero.
     """
-    values = distances.flatten().float()
-    if values.numel() == 0:
+    if distances.numel() == 0:
         raise ValueError("the self-similarity scale needs at least one good image")
-    values = values[:: max(1, values.numel() // 2**20)]
-    return max(float(torch.quantile(values, quantile)), 1e-6)
+    return max(map_quantile(distances, quantile), 1e-6)
 
 
 def anomaly(distances: torch.Tensor, scale: float) -> torch.Tensor:

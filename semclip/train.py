@@ -21,6 +21,7 @@ from semclip.config import Calibration, FitConfig
 from semclip.features import Features
 from semclip.heads import SemclipHeads, fuse_probs, prototype_init
 from semclip.inference import run_heads
+from semclip.maps import map_quantile
 from semclip.membank import PatchMemoryBank
 from semclip.metrics import f1_max
 from semclip.selfsim import normal_scale
@@ -473,9 +474,4 @@ def default_tau(good_scores: torch.Tensor) -> float:
     99.9th percentile of scores on good pixels so clean background does not light up."""
     if good_scores.numel() == 0:
         return 0.5
-    q = float(
-        torch.quantile(
-            good_scores.flatten().float()[:: max(1, good_scores.numel() // 2**20)], 0.999
-        )
-    )
-    return float(min(0.95, max(0.5, q)))
+    return float(min(0.95, max(0.5, map_quantile(good_scores, 0.999))))
