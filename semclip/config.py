@@ -53,6 +53,7 @@ class FitConfig:
     membank_weight: float = 0.5  # β in S = (1 − β) S_clip + β S_knn where it cannot be chosen
     selfsim: bool = True  # fuse the within-image self-similarity map (semclip.selfsim)
     selfsim_weight: float = 0.5  # γ in S = (1 − γ) S_fit + γ S_self where it cannot be chosen
+    region_head: bool = True  # name the map's peak region by its shape (k ≥ 2, semclip.region_head)
     generic_prompts: bool = False  # "w/o detailed prompt" ablation
     feature_batch_size: int = 0  # backbone batch; 0 = by device (16 CPU, by memory on CUDA)
 
@@ -149,6 +150,8 @@ class Calibration:
     surgery_scale: float = 1.0  # temperature of the feature-surgery class weights
     selfsim_weight: float = 0.0  # γ: weight of the self-similarity map in the defect map S
     selfsim_scale: float = 1.0  # good shots' self-similarity distance quantile (map 0.5 there)
+    region_weight: float = 0.0  # w in P ∝ P_fused · P_region^w (semclip.region_head); 0: unused
+    region_head: dict[str, Any] | None = None  # `RegionHead.to_dict()`, fitted in calibration
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -4,7 +4,10 @@ The exported graph takes a normalised batch (B, 3, S, S) (the model's own prepro
 `Preprocess.image_tensor`) and returns, in fp32:
 
 * ``probabilities`` (B, K): the fused class probabilities, model class order, as `predict`
-  gives them before its fp16 feature cache (same functions: `class_probabilities`);
+  gives them before its fp16 feature cache (same functions: `class_probabilities`); with a
+  region head (`semclip.region_head`, w > 0) times P_region^w, its features read from the
+  graph's own map below, bilinearly resized to the thumbnail (`predict` reads its smoothed
+  model-resolution map, so the region head's share can differ slightly from `predict`'s);
 * ``anomaly_map`` (B, g, g): the defect map at feature resolution, one value per patch:
   (1 − β) · (S_v + S_n) / 2 + β · S_knn with the memory bank when the model has one, then
   (1 − γ) · that + γ · S_self with the within-image self-similarity map (resized to g × g).
@@ -35,6 +38,7 @@ from semclip.features import surgery_maps
 from semclip.inference import class_probabilities, patch_clip_map
 from semclip.maps import patch_grid
 from semclip.model import SemclipModel
+from semclip.region_head import THUMB, fuse_region, region_log_probs, thumbnail
 from semclip.selfsim import anomaly as selfsim_anomaly
 from semclip.selfsim import self_similarity
 
@@ -57,6 +61,9 @@ class ExportedSemclip(nn.Module):
         self.gamma = float(model.calibration.selfsim_weight)
         self.grid = int(self.encoder.grid)  # a constant, so the resize exports as ONNX Resize
         self.selfsim_scale = float(model.calibration.selfsim_scale)
+        side = min(model.preprocess.image_size, THUMB)
+        self.thumb_side = side
+        self.fill_steps = 2 * side  # a traced graph cannot stop when the region stops growing
 
     def features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(tokens, vv) as `extract_features` makes them, kept in fp32."""
@@ -79,6 +86,11 @@ class ExportedSemclip(nn.Module):
             own = selfsim_anomaly(self_similarity(images), self.selfsim_scale)  # (B, 15, 15)
             own = F.interpolate(own[:, None], size=(self.grid, self.grid), mode="bilinear")[:, 0]
             amap = (1.0 - self.gamma) * amap + self.gamma * own
+        if self.calibration.region_head is not None and self.calibration.region_weight > 0:
+            side = (self.thumb_side, self.thumb_side)
+            fine = F.interpolate(amap[:, None], size=side, mode="bilinear")[:, 0]
+            log_q = region_log_probs(self.calibration, thumbnail(images), fine, self.fill_steps)
+            probs = fuse_region(probs, log_q, self.calibration.region_weight)
         return probs, amap
 
 

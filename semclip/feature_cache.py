@@ -86,9 +86,9 @@ class FeatureCache:
             if path.is_file():
                 try:
                     data = load_file(str(path))
-                    if "selfsim" not in data:  # written before self-similarity: recompute
+                    if "selfsim" not in data or "thumb" not in data:  # older entry: recompute
                         return None
-                    entry = Features(data["tokens"], data["vv"], data["selfsim"])
+                    entry = Features(data["tokens"], data["vv"], data["selfsim"], data["thumb"])
                 except Exception as exc:  # a torn write from a killed run: recompute it
                     log.warning("ignoring unreadable cache entry %s: %s", path, exc)
                     return None
@@ -99,10 +99,13 @@ class FeatureCache:
 
     def _store(self, key: str, entry: Features) -> None:
         tensors = {"tokens": entry.tokens, "vv": entry.vv}
-        if entry.selfsim is not None:
-            tensors["selfsim"] = entry.selfsim
+        for name in ("selfsim", "thumb"):
+            if getattr(entry, name) is not None:
+                tensors[name] = getattr(entry, name)
         tensors = {name: t.contiguous().clone() for name, t in tensors.items()}
-        entry = Features(tensors["tokens"], tensors["vv"], tensors.get("selfsim"))
+        entry = Features(
+            tensors["tokens"], tensors["vv"], tensors.get("selfsim"), tensors.get("thumb")
+        )
         if self.memory is not None:
             self.memory[key] = entry
         if self.folder is not None:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from semclip.data.databar import DatabarCrop
 from semclip.encoder import DualPathEncoder
 from semclip.maps import surgery_defect_map, surgery_similarity
+from semclip.region_head import thumbnail
 from semclip.selfsim import self_similarity
 
 N_DIHEDRAL = 8  # identity, 3 rotations, and the 4 flipped versions
@@ -94,29 +95,38 @@ class Features:
     vv: (N, m, 1+P, embed) V-V stage tokens through ln_post/proj, vanilla CLS first (fp16).
     selfsim: (N, g, g) within-image self-similarity distances of the model input
     (`semclip.selfsim`, fp16); None where features were made without it.
+    thumb: (N, t, t) grey thumbnail of the model input (`semclip.region_head.thumbnail`, fp16),
+    what the region head measures the found defect on; None where made without it.
     """
 
     tokens: torch.Tensor
     vv: torch.Tensor
     selfsim: torch.Tensor | None = None
+    thumb: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
 
     def __getitem__(self, idx: torch.Tensor | slice | list[int]) -> Features:
         selfsim = self.selfsim[idx] if self.selfsim is not None else None
-        return Features(self.tokens[idx], self.vv[idx], selfsim)
+        thumb = self.thumb[idx] if self.thumb is not None else None
+        return Features(self.tokens[idx], self.vv[idx], selfsim, thumb)
 
     @staticmethod
     def cat(parts: list[Features]) -> Features:
-        """Entries of all parts in order; `selfsim` only when every part has it."""
-        selfsim = (
-            torch.cat([p.selfsim for p in parts])
-            if parts and all(p.selfsim is not None for p in parts)
-            else None
-        )
+        """Entries of all parts in order; `selfsim` and `thumb` only when every part has it."""
+
+        def joined(name: str) -> torch.Tensor | None:
+            values = [getattr(p, name) for p in parts]
+            if not values or any(v is None for v in values):
+                return None
+            return torch.cat(values)
+
         return Features(
-            torch.cat([p.tokens for p in parts]), torch.cat([p.vv for p in parts]), selfsim
+            torch.cat([p.tokens for p in parts]),
+            torch.cat([p.vv for p in parts]),
+            joined("selfsim"),
+            joined("thumb"),
         )
 
     @property
@@ -156,8 +166,12 @@ def extract_features(
         tokens = torch.stack([ln_post(s.vanilla) for s in stages], dim=1)
         vv = torch.stack([s.vv for s in stages], dim=1)
     selfsim = self_similarity(x)  # outside autocast: float32 distances
+    half = torch.float16
     return Features(
-        tokens.to(out, torch.float16), vv.to(out, torch.float16), selfsim.to(out, torch.float16)
+        tokens.to(out, half),
+        vv.to(out, half),
+        selfsim.to(out, half),
+        thumbnail(x).to(out, half),
     )
 
 

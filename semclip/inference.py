@@ -15,6 +15,7 @@ from semclip.features import Features, surgery_maps
 from semclip.heads import SemclipHeads, fuse_probs
 from semclip.maps import class_logits, gaussian_smooth, patch_grid, smoothing_sigma, upsample
 from semclip.membank import PatchMemoryBank
+from semclip.region_head import fuse_region, region_log_probs
 from semclip.selfsim import anomaly as selfsim_anomaly
 
 
@@ -32,6 +33,7 @@ class HeadOutputs:
     membank_map: torch.Tensor | None = None  # (B, S, S) smoothed memory-bank map, when computed
     cls_embedding: torch.Tensor | None = None  # (B, embed) unit CLS in the joint space (drift)
     selfsim_map: torch.Tensor | None = None  # (B, S, S) smoothed self-similarity map, when used
+    p_region: torch.Tensor | None = None  # (B, K) the region head's probabilities, when used
 
 
 @torch.no_grad()
@@ -53,6 +55,8 @@ def run_heads(
     `membank_exclude` (B,) names each image's own unit in the bank (leave-one-out on shots).
     With γ = calibration.selfsim_weight > 0 and features that carry `selfsim`, that S becomes
     (1 − γ) S + γ S_self (`semclip.selfsim`: what has no twin in its own image).
+    With a region head and w = calibration.region_weight > 0, the probabilities become
+    P ∝ P_fused · P_region^w, P_region read from S's peak region (`semclip.region_head`).
     """
     device = heads.text.device
     tokens = feats.tokens.to(device).float()  # (B, m, 1+P, width)
@@ -84,6 +88,9 @@ def run_heads(
     class_map = defect_probs.argmax(dim=1)
 
     probs, p_clip, p_clip_proj, p_head = class_probabilities(heads, tokens, vv, calibration)
+    log_q = region_log_probs(calibration, feats.thumb, score)
+    if log_q is not None:  # P ∝ P_fused · P_region^w: the found region's shape names the class
+        probs = fuse_region(probs, log_q, calibration.region_weight)
     cls_embedding = torch.nn.functional.normalize(vv[:, -1, 0].float(), dim=-1)  # (B, embed)
     return HeadOutputs(
         probs,
@@ -96,6 +103,7 @@ def run_heads(
         knn_map,
         cls_embedding,
         self_map,
+        log_q.exp() if log_q is not None else None,
     )
 
 

@@ -203,7 +203,7 @@ class SemclipModel:
         }
         log.info(
             "fitted %d classes on %d images in %d steps: tau=%.3f alpha=%.2f beta=%.2f "
-            "gamma=%.2f (%s)",
+            "gamma=%.2f region=%.2f (%s)",
             len(classes),
             len(items),
             len(history),
@@ -211,6 +211,7 @@ class SemclipModel:
             calibration.alpha,
             calibration.membank_weight,
             calibration.selfsim_weight,
+            calibration.region_weight,
             calibration.method,
         )
         return model

@@ -4,7 +4,8 @@ Backbone and text tower are frozen: the backbone ran once per support image and 
 (see features.py); here only W_1..W_m and the classification head are trained, with focal + dice
 on the per-stage defect maps and cross-entropy on the head (Adam, as the paper), until the
 training loss stops falling. The memory bank stores the support's normal patches. τ, α, the
-bank's weight β and the self-similarity map's weight γ are chosen on folds the heads did not see.
+bank's weight β, the self-similarity map's weight γ, and the region head with its weight w are
+chosen (and fitted) on folds the heads did not see.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from semclip.inference import run_heads
 from semclip.maps import map_quantile
 from semclip.membank import PatchMemoryBank
 from semclip.metrics import f1_max
+from semclip.region_head import REGION_GRID, RegionHead, fuse_region, region_features
 from semclip.selfsim import normal_scale
 
 log = logging.getLogger(__name__)
@@ -219,7 +221,8 @@ def calibrate(
     device: torch.device,
     clip_classes: torch.Tensor | None = None,
 ) -> Calibration:
-    """Choose τ, α, β, γ and the P_clip source by cross-validation over support images (k ≥ 2).
+    """Choose τ, α, β, γ, the P_clip source and the region head (with its weight w) by
+    cross-validation over support images (k ≥ 2).
 
     The heads fit their own support images perfectly at small k, so τ, α, β and γ are chosen on
     folds the heads (and the fold's memory bank) did not see; folds are whole groups (or
@@ -257,6 +260,9 @@ def calibrate(
         out = run_heads(heads, test.feats, probe, good_index, size, membank=bank)
         knn = out.membank_map if out.membank_map is not None else out.clip_map
         own = out.selfsim_map if out.selfsim_map is not None else out.clip_map
+        thumb = (
+            test.feats.thumb if test.feats.thumb is not None else torch.zeros(len(test.feats), 0)
+        )
         held.append(
             (
                 test.image_index,
@@ -267,9 +273,10 @@ def calibrate(
                 out.clip_map.cpu(),
                 knn.cpu(),
                 own.cpu(),
+                thumb.cpu(),
             )
         )
-    image_index, labels, p_tr, p_proj, p_head, clip_map, knn_map, self_map = (
+    image_index, labels, p_tr, p_proj, p_head, clip_map, knn_map, self_map, thumbs = (
         torch.cat(x) for x in zip(*held, strict=True)
     )
     source, p_clip = _choose_pclip(labels, p_tr, p_proj)
@@ -278,10 +285,19 @@ def calibrate(
     betas = BETA_GRID if config.membank else (0.0,)
     gammas = GAMMA_GRID if scale is not None else (0.0,)
     beta, gamma, tau, f1 = _choose_map(support, image_index, maps, betas, gammas, base)
+    region, region_weight, region_acc = None, 0.0, None
+    if config.region_head and thumbs.dim() == 3:
+        alphas = class_alphas(alpha, clip_classes) or (alpha,) * p_head.shape[1]
+        fused = fuse_probs(p_clip, p_head, torch.tensor(alphas))
+        features = region_features(thumbs, maps.fused(beta, gamma)).numpy()
+        region, region_weight, region_acc = _choose_region(
+            features, labels.numpy(), folds[image_index].numpy(), fused
+        )
     details = {
         "folds": int(folds.max()) + 1,
         "cv_accuracy": acc,
         "cv_pixel_f1": f1,
+        "cv_region_accuracy": region_acc,
         "n_held_out": len(labels),
     }
     return replace(
@@ -291,6 +307,8 @@ def calibrate(
         class_alpha=class_alphas(alpha, clip_classes),
         membank_weight=beta,
         selfsim_weight=gamma,
+        region_weight=region_weight,
+        region_head=region.to_dict() if region is not None else None,
         pclip_source=source,
         method="cross-validation",
         details=details,
@@ -410,6 +428,36 @@ def _choose_alpha(
         if best is None or key > best[0]:
             best = (key, alpha, acc)
     return best[1], best[2]
+
+
+def _choose_region(
+    features: np.ndarray, labels: np.ndarray, folds: np.ndarray, probs: torch.Tensor
+) -> tuple[RegionHead | None, float, float | None]:
+    """(region head, w, held-out accuracy at w) from held-out region features (n, D).
+
+    Each fold's region head is fitted on the other folds' features and read on this fold's;
+    the w of `REGION_GRID` whose P ∝ P_fused · P_region^w classifies best wins (ties: higher
+    log-likelihood, then smaller w). The head kept is fitted on all of them. None and w = 0
+    when some fold's complement has a single class.
+    """
+    n_classes = probs.shape[1]
+    log_q = torch.zeros(len(labels), n_classes)
+    for fold in np.unique(folds):
+        train = folds != fold
+        if len(np.unique(labels[train])) < 2:
+            return None, 0.0, None
+        head = RegionHead.fit(features[train], labels[train], n_classes)
+        log_q[~train] = head.log_probs(torch.from_numpy(features[~train]))
+    y = torch.from_numpy(labels).long()
+    best = None
+    for weight in REGION_GRID:
+        p = fuse_region(probs.float(), log_q, weight)
+        acc = float((p.argmax(1) == y).float().mean())
+        nll = float(-torch.log(p.gather(1, y[:, None]).clamp_min(1e-8)).mean())
+        key = (acc, -nll, -weight)
+        if best is None or key > best[0]:
+            best = (key, weight, acc)
+    return RegionHead.fit(features, labels, n_classes), best[1], best[2]
 
 
 @dataclass(frozen=True)

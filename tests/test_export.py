@@ -15,6 +15,7 @@ from semclip.artifact import save_model
 from semclip.cli import main
 from semclip.features import surgery_maps
 from semclip.inference import patch_clip_map, run_heads
+from semclip.region_head import THUMB, RegionHead, fuse_region, region_features, thumbnail
 from semclip.selfsim import anomaly, self_similarity
 
 onnx = pytest.importorskip("onnx")
@@ -33,10 +34,19 @@ from semclip.export import (  # noqa: E402
 @pytest.fixture(scope="module")
 def banked(fitted_model: SemclipModel) -> SemclipModel:
     """The fitted model with the memory bank (β = 0.4) and self-similarity (γ = 0.25) weighted
-    in, so the map uses both."""
+    in, so the map uses both; without its region head (see `regioned`)."""
     assert fitted_model.membank is not None
-    calibration = replace(fitted_model.calibration, membank_weight=0.4, selfsim_weight=0.25)
+    calibration = replace(
+        fitted_model.calibration, membank_weight=0.4, selfsim_weight=0.25, region_weight=0.0
+    )
     return replace(fitted_model, calibration=calibration)
+
+
+@pytest.fixture(scope="module")
+def regioned(banked: SemclipModel) -> SemclipModel:
+    """`banked` with its region head weighted in (w = 2)."""
+    assert banked.calibration.region_head is not None
+    return replace(banked, calibration=replace(banked.calibration, region_weight=2.0))
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +110,27 @@ def test_eager_module_is_the_production_math(banked: SemclipModel) -> None:
     own = torch.nn.functional.interpolate(own, size=(g, g), mode="bilinear")[:, 0]  # per patch
     expected = 0.75 * (0.6 * clip + 0.4 * knn).view(2, g, g) + 0.25 * own
     torch.testing.assert_close(amap, expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.slow
+def test_onnx_with_a_region_head_agrees_with_eager(regioned: SemclipModel, tmp_path: Path) -> None:
+    """The region head in the graph: P_fused · P_region^w, P_region from the graph's own map."""
+    path = export_onnx(regioned, tmp_path / "region.onnx")
+    x = _images(regioned, 3, seed=7)
+    module = ExportedSemclip(regioned).eval()
+    with torch.inference_mode():
+        probs, amap = module(x)
+        plain, _ = ExportedSemclip(
+            replace(regioned, calibration=replace(regioned.calibration, region_weight=0.0))
+        )(x)
+    got = onnx_session(path).run(list(OUTPUT_NAMES), {"images": x.numpy()})
+    np.testing.assert_allclose(got[0], probs.numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(got[1], amap.numpy(), atol=1e-4, rtol=0)
+    side = min(regioned.preprocess.image_size, THUMB)
+    fine = torch.nn.functional.interpolate(amap[:, None], size=(side, side), mode="bilinear")[:, 0]
+    head = RegionHead.from_dict(regioned.calibration.region_head)
+    expected = fuse_region(plain, head.log_probs(region_features(thumbnail(x), fine)), 2.0)
+    torch.testing.assert_close(probs, expected, atol=1e-5, rtol=0)
 
 
 @pytest.mark.slow

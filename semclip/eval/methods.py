@@ -1,7 +1,7 @@
 """SEM-CLIP and its ablations (paper Table 3) as evaluation methods.
 
 One fit per split serves `semclip`, `-no-transform`, `-no-pclip`, `-no-head`, `-no-membank`,
-`-no-selfsim` and `-global-alpha`: they differ from the fitted model only after fitting
+`-no-selfsim`, `-no-region` and `-global-alpha`: they differ from the fitted model only after fitting
 (training is deterministic for a seed, and the classification head's loss never reaches W_i),
 so refitting would give the same weights.
 `-generic-prompts` and `-last-stage` need fits of their own.
@@ -34,7 +34,7 @@ from semclip.model import SemclipModel
 
 def last_stage(feats: Features) -> Features:
     """Only the last stage of cached features: (N, m, ...) → (N, 1, ...)."""
-    return Features(feats.tokens[:, -1:], feats.vv[:, -1:], feats.selfsim)
+    return Features(feats.tokens[:, -1:], feats.vv[:, -1:], feats.selfsim, feats.thumb)
 
 
 class LastStageCache:
@@ -160,6 +160,14 @@ def semclip_no_membank(ctx: EvalContext, split: Split) -> SemclipScorer:
 )
 def semclip_no_selfsim(ctx: EvalContext, split: Split) -> SemclipScorer:
     return _scorer(ctx, fitted(ctx, split), selfsim_weight=0.0)
+
+
+@register(
+    "semclip-no-region",
+    "w/o region head: classes from P_fused alone, not the found region's shape (w = 0)",
+)
+def semclip_no_region(ctx: EvalContext, split: Split) -> SemclipScorer:
+    return _scorer(ctx, fitted(ctx, split), region_weight=0.0)
 
 
 @register(

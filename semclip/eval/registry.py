@@ -34,6 +34,7 @@ ORDER = (
     "semclip-last-stage",
     "semclip-no-membank",
     "semclip-no-selfsim",
+    "semclip-no-region",
     "semclip-global-alpha",
 )
 DEFAULT_METHOD = "semclip"
