@@ -1,9 +1,9 @@
 """SEM-CLIP and its ablations (paper Table 3) as evaluation methods.
 
 One fit per split serves `semclip`, `-no-transform`, `-no-pclip`, `-no-head`, `-no-membank`,
-`-no-selfsim`, `-no-region` and `-global-alpha`: they differ from the fitted model only after fitting
-(training is deterministic for a seed, and the classification head's loss never reaches W_i),
-so refitting would give the same weights.
+`-no-selfsim`, `-no-region` and `-global-alpha`: they differ from the fitted model only after
+fitting (training is deterministic for a seed, and the classification head's loss never reaches
+W_i), so refitting would give the same weights.
 `-generic-prompts` and `-last-stage` need fits of their own.
 
 Last stage: the paper's "w/o multi-layer" uses only the last encoding block's outputs. We take
