@@ -68,7 +68,8 @@ def peak_region(
 
     Above threshold: at least half-way from the map's median to its maximum. The peak region is
     the 8-connected set of such pixels that holds the maximum: scipy's labelling on the host by
-    default (a 3 × 3 dilation loop took 80 ms an image on a 2-core CPU), or, with `fill_steps`,
+    default (a 3 × 3 dilation loop until it stopped took about 80 ms an image on 2 CPU cores
+    shared with another job), or, with `fill_steps`,
     that many 3 × 3 dilations grown from the maximum inside the above-threshold pixels (a traced
     ONNX graph has no labelling operator); both give the same region once the steps reach it.
     """
@@ -122,8 +123,9 @@ def region_features(
 ) -> torch.Tensor:
     """`REGION_FEATURES` of each image: thumbnails (B, t, t) and defect maps (B, S, S) → (B, D).
 
-    The map is area-resized to the thumbnail first. Batched tensor code, so it runs where the
-    heads run (GPU included) and exports to ONNX.
+    The map is area-resized to the thumbnail first. Batched tensor code that runs where the
+    heads run (GPU included); only the peak's labelling goes to the host, unless `fill_steps`
+    is given, and then the whole function exports to ONNX.
     """
     img = thumbs.float()
     side = img.shape[-1]

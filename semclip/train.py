@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -242,6 +243,7 @@ def calibrate(
     if folds is None:
         return base
     held: list[tuple[torch.Tensor, ...]] = []
+    held_thumbs: list[torch.Tensor] = []  # every fold's, or none: all entries share one origin
     for fold in range(int(folds.max()) + 1):
         test_images = torch.nonzero(folds == fold).flatten()
         in_test = torch.isin(support.image_index, test_images)
@@ -260,9 +262,8 @@ def calibrate(
         out = run_heads(heads, test.feats, probe, good_index, size, membank=bank)
         knn = out.membank_map if out.membank_map is not None else out.clip_map
         own = out.selfsim_map if out.selfsim_map is not None else out.clip_map
-        thumb = (
-            test.feats.thumb if test.feats.thumb is not None else torch.zeros(len(test.feats), 0)
-        )
+        if test.feats.thumb is not None:
+            held_thumbs.append(test.feats.thumb.cpu())
         held.append(
             (
                 test.image_index,
@@ -273,10 +274,9 @@ def calibrate(
                 out.clip_map.cpu(),
                 knn.cpu(),
                 own.cpu(),
-                thumb.cpu(),
             )
         )
-    image_index, labels, p_tr, p_proj, p_head, clip_map, knn_map, self_map, thumbs = (
+    image_index, labels, p_tr, p_proj, p_head, clip_map, knn_map, self_map = (
         torch.cat(x) for x in zip(*held, strict=True)
     )
     source, p_clip = _choose_pclip(labels, p_tr, p_proj)
@@ -285,11 +285,20 @@ def calibrate(
     betas = BETA_GRID if config.membank else (0.0,)
     gammas = GAMMA_GRID if scale is not None else (0.0,)
     beta, gamma, tau, f1 = _choose_map(support, image_index, maps, betas, gammas, base)
+    chosen = replace(
+        base,
+        tau=tau,
+        alpha=alpha,
+        class_alpha=class_alphas(alpha, clip_classes),
+        membank_weight=beta,
+        selfsim_weight=gamma,
+        pclip_source=source,
+        method="cross-validation",
+    )
     region, region_weight, region_acc = None, 0.0, None
-    if config.region_head and thumbs.dim() == 3:
-        alphas = class_alphas(alpha, clip_classes) or (alpha,) * p_head.shape[1]
-        fused = fuse_probs(p_clip, p_head, torch.tensor(alphas))
-        features = region_features(thumbs, maps.fused(beta, gamma)).numpy()
+    if config.region_head and held_thumbs:
+        fused = fuse_probs(p_clip, p_head, torch.tensor(chosen.alphas(p_head.shape[1])))
+        features = region_features(torch.cat(held_thumbs), maps.fused(beta, gamma)).numpy()
         region, region_weight, region_acc = _choose_region(
             features, labels.numpy(), folds[image_index].numpy(), fused
         )
@@ -301,16 +310,9 @@ def calibrate(
         "n_held_out": len(labels),
     }
     return replace(
-        base,
-        tau=tau,
-        alpha=alpha,
-        class_alpha=class_alphas(alpha, clip_classes),
-        membank_weight=beta,
-        selfsim_weight=gamma,
+        chosen,
         region_weight=region_weight,
         region_head=region.to_dict() if region is not None else None,
-        pclip_source=source,
-        method="cross-validation",
         details=details,
     )
 
@@ -418,15 +420,26 @@ def _choose_alpha(
 
     Classes outside `clip_classes` (K,) bool keep α_c = 0 for every α tried.
     """
-    best = None
-    for alpha in ALPHA_GRID:
+
+    def fused(alpha: float) -> tuple[float, torch.Tensor]:
         alphas = class_alphas(alpha, clip_classes) or (alpha,) * p_clip.shape[1]
-        p = fuse_probs(p_clip, p_head, torch.tensor(alphas))
+        return alpha, fuse_probs(p_clip, p_head, torch.tensor(alphas))
+
+    return _best_on_held_out(labels, (fused(alpha) for alpha in ALPHA_GRID))
+
+
+def _best_on_held_out(
+    labels: torch.Tensor, candidates: Iterable[tuple[float, torch.Tensor]]
+) -> tuple[float, float]:
+    """(value, accuracy) of the (value, held-out probabilities) candidate that classifies the
+    held-out `labels` best; ties broken by log-likelihood, then the smaller value."""
+    best = None
+    for value, p in candidates:
         acc = float((p.argmax(1) == labels).float().mean())
         nll = float(-torch.log(p.gather(1, labels[:, None]).clamp_min(1e-8)).mean())
-        key = (acc, -nll, -alpha)
+        key = (acc, -nll, -value)
         if best is None or key > best[0]:
-            best = (key, alpha, acc)
+            best = (key, value, acc)
     return best[1], best[2]
 
 
@@ -448,16 +461,11 @@ def _choose_region(
             return None, 0.0, None
         head = RegionHead.fit(features[train], labels[train], n_classes)
         log_q[~train] = head.log_probs(torch.from_numpy(features[~train]))
-    y = torch.from_numpy(labels).long()
-    best = None
-    for weight in REGION_GRID:
-        p = fuse_region(probs.float(), log_q, weight)
-        acc = float((p.argmax(1) == y).float().mean())
-        nll = float(-torch.log(p.gather(1, y[:, None]).clamp_min(1e-8)).mean())
-        key = (acc, -nll, -weight)
-        if best is None or key > best[0]:
-            best = (key, weight, acc)
-    return RegionHead.fit(features, labels, n_classes), best[1], best[2]
+    weight, acc = _best_on_held_out(
+        torch.from_numpy(labels).long(),
+        ((w, fuse_region(probs.float(), log_q, w)) for w in REGION_GRID),
+    )
+    return RegionHead.fit(features, labels, n_classes), weight, acc
 
 
 @dataclass(frozen=True)
