@@ -9,6 +9,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 MembankTokens = Literal["vanilla", "vv"]  # ln_post vanilla tokens (width) or V-V tokens (embed)
 ClassAlpha = Literal["global", "prompted"]  # one α, or α_c = 0 for classes CLIP cannot know
 HeadInit = Literal["prototype", "random"]  # class means (Tip-Adapter style) or random weights
+RegionMap = Literal["choose", "fused", "self", "both"]  # the maps the region head reads
 
 # The largest image area decoded by default: 2**28 px (about 268 Mpx, e.g. 16384 x 16384) is
 # 1 GiB of float32 output, above Pillow's own ~179 Mpx warning (full-wafer SEM mosaics are
@@ -54,6 +55,7 @@ class FitConfig:
     selfsim: bool = True  # fuse the within-image self-similarity map (semclip.selfsim)
     selfsim_weight: float = 0.5  # γ in S = (1 − γ) S_fit + γ S_self where it cannot be chosen
     region_head: bool = True  # name the map's peak region by its shape (k ≥ 2, semclip.region_head)
+    region_map: RegionMap = "choose"  # region read on S, S_self, both, or "choose": CV picks
     generic_prompts: bool = False  # "w/o detailed prompt" ablation
     feature_batch_size: int = 0  # backbone batch; 0 = by device (16 CPU, by memory on CUDA)
 
@@ -152,6 +154,7 @@ class Calibration:
     selfsim_scale: float = 1.0  # good shots' self-similarity distance quantile (map 0.5 there)
     region_weight: float = 0.0  # w in P ∝ P_fused · P_region^w (semclip.region_head); 0: unused
     region_head: dict[str, Any] | None = None  # `RegionHead.to_dict()`, fitted in calibration
+    region_map: str = "fused"  # maps its region is read on: "fused" (S), "self" (S_self), "both"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -6,7 +6,8 @@ The exported graph takes a normalised batch (B, 3, S, S) (the model's own prepro
 * ``probabilities`` (B, K): the fused class probabilities, model class order, as `predict`
   gives them before its fp16 feature cache (same functions: `class_probabilities`); with a
   region head (`semclip.region_head`, w > 0) times P_region^w, its features read from the
-  graph's own map below, bilinearly resized to the thumbnail (`predict` reads its smoothed
+  graph's own map below, its S_self part, or both (the calibration's region_map), bilinearly
+  resized to the thumbnail (`predict` reads its smoothed
   model-resolution map, so the region head's share can differ slightly from `predict`'s);
 * ``anomaly_map`` (B, g, g): the defect map at feature resolution, one value per patch:
   (1 − β) · (S_v + S_n) / 2 + β · S_knn with the memory bank when the model has one, then
@@ -38,7 +39,7 @@ from semclip.features import surgery_maps
 from semclip.inference import class_probabilities, patch_clip_map
 from semclip.maps import patch_grid
 from semclip.model import SemclipModel
-from semclip.region_head import THUMB, fuse_region, region_log_probs, thumbnail
+from semclip.region_head import THUMB, fuse_region, region_log_probs, region_maps, thumbnail
 from semclip.selfsim import anomaly as selfsim_anomaly
 from semclip.selfsim import self_similarity
 
@@ -82,15 +83,21 @@ class ExportedSemclip(nn.Module):
             knn = membank_anomaly(self.membank, self.membank.patch_tokens(tokens, vv))
             amap = (1.0 - self.beta) * amap + self.beta * knn
         amap = patch_grid(amap[..., None])[:, 0]  # (B, g, g)
-        if self.gamma > 0:
+        region = self.calibration.region_head is not None and self.calibration.region_weight > 0
+        on_self = region and self.calibration.region_map != "fused"
+        own = None
+        if self.gamma > 0 or on_self:
             own = selfsim_anomaly(self_similarity(images), self.selfsim_scale)  # (B, 15, 15)
             own = F.interpolate(own[:, None], size=(self.grid, self.grid), mode="bilinear")[:, 0]
+        if own is not None and self.gamma > 0:
             amap = (1.0 - self.gamma) * amap + self.gamma * own
-        if self.calibration.region_head is not None and self.calibration.region_weight > 0:
+        if region:
             side = (self.thumb_side, self.thumb_side)
-            fine = F.interpolate(amap[:, None], size=side, mode="bilinear")[:, 0]
+            sources = region_maps(self.calibration.region_map, amap, own) or []
+            fine = [F.interpolate(m[:, None], size=side, mode="bilinear")[:, 0] for m in sources]
             log_q = region_log_probs(self.calibration, thumbnail(images), fine, self.fill_steps)
-            probs = fuse_region(probs, log_q, self.calibration.region_weight)
+            if log_q is not None:
+                probs = fuse_region(probs, log_q, self.calibration.region_weight)
         return probs, amap
 
 

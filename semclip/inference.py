@@ -15,7 +15,7 @@ from semclip.features import Features, surgery_maps
 from semclip.heads import SemclipHeads, fuse_probs
 from semclip.maps import class_logits, gaussian_smooth, patch_grid, smoothing_sigma, upsample
 from semclip.membank import PatchMemoryBank
-from semclip.region_head import fuse_region, region_log_probs
+from semclip.region_head import fuse_region, region_log_probs, region_maps
 from semclip.selfsim import anomaly as selfsim_anomaly
 
 
@@ -56,7 +56,8 @@ def run_heads(
     With γ = calibration.selfsim_weight > 0 and features that carry `selfsim`, that S becomes
     (1 − γ) S + γ S_self (`semclip.selfsim`: what has no twin in its own image).
     With a region head and w = calibration.region_weight > 0, the probabilities become
-    P ∝ P_fused · P_region^w, P_region read from S's peak region (`semclip.region_head`).
+    P ∝ P_fused · P_region^w, P_region read from the peak region (`semclip.region_head`) of S,
+    of S_self alone, or of both (calibration.region_map; none on S_self without `selfsim`).
     """
     device = heads.text.device
     tokens = feats.tokens.to(device).float()  # (B, m, 1+P, width)
@@ -79,8 +80,10 @@ def run_heads(
         score = (1.0 - beta) * clip_map + beta * knn_map
     gamma = float(calibration.selfsim_weight)
     self_map = None
-    if feats.selfsim is not None and gamma > 0:
+    region_on_self = calibration.region_map != "fused" and calibration.region_weight > 0
+    if feats.selfsim is not None and (gamma > 0 or region_on_self):
         self_map = selfsim_map(feats.selfsim.to(device), calibration.selfsim_scale, size, sigma)
+    if self_map is not None and gamma > 0:
         score = (1.0 - gamma) * score + gamma * self_map
 
     defect_probs = class_probs.mean(dim=1).clone()  # (B, K, S, S)
@@ -88,7 +91,8 @@ def run_heads(
     class_map = defect_probs.argmax(dim=1)
 
     probs, p_clip, p_clip_proj, p_head = class_probabilities(heads, tokens, vv, calibration)
-    log_q = region_log_probs(calibration, feats.thumb, score)
+    on = region_maps(calibration.region_map, score, self_map)
+    log_q = region_log_probs(calibration, feats.thumb, on)
     if log_q is not None:  # P ∝ P_fused · P_region^w: the found region's shape names the class
         probs = fuse_region(probs, log_q, calibration.region_weight)
     cls_embedding = torch.nn.functional.normalize(vv[:, -1, 0].float(), dim=-1)  # (B, embed)

@@ -203,7 +203,7 @@ class SemclipModel:
         }
         log.info(
             "fitted %d classes on %d images in %d steps: tau=%.3f alpha=%.2f beta=%.2f "
-            "gamma=%.2f region=%.2f (%s)",
+            "gamma=%.2f region=%.2f on %s (%s)",
             len(classes),
             len(items),
             len(history),
@@ -212,6 +212,7 @@ class SemclipModel:
             calibration.membank_weight,
             calibration.selfsim_weight,
             calibration.region_weight,
+            calibration.region_map,
             calibration.method,
         )
         return model

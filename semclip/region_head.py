@@ -16,6 +16,7 @@ weight w of P ∝ P_fused · P_region^w by cross-validation. w = 0 is the model 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -257,18 +258,43 @@ class RegionHead:
         )
 
 
+def region_maps(
+    region_map: str, fused: torch.Tensor, own: torch.Tensor | None
+) -> list[torch.Tensor] | None:
+    """The maps a region head reads (`Calibration.region_map`): the fused map S ("fused"), the
+    self-similarity map S_self ("self"), or both, their features side by side ("both"); None
+    where S_self is needed and missing."""
+    if region_map == "fused":
+        return [fused]
+    if region_map not in ("self", "both"):
+        raise ValueError(f"region map {region_map!r}: expected fused, self or both")
+    if own is None:
+        return None
+    return [own] if region_map == "self" else [fused, own]
+
+
+def region_features_on(
+    thumbs: torch.Tensor, maps: Sequence[torch.Tensor], fill_steps: int | None = None
+) -> torch.Tensor:
+    """`region_features` of each map's peak region, concatenated: (B, D · len(maps))."""
+    return torch.cat([region_features(thumbs, m, fill_steps) for m in maps], dim=1)
+
+
 def region_log_probs(
     calibration: Calibration,
     thumbs: torch.Tensor | None,
-    maps: torch.Tensor,
+    maps: Sequence[torch.Tensor] | None,
     fill_steps: int | None = None,
 ) -> torch.Tensor | None:
-    """The calibration's region head on thumbnails (B, t, t) and defect maps (B, S, S): (B, K)
-    log-probabilities, or None when the model has no region head, w = 0, or no thumbnails."""
-    if calibration.region_head is None or calibration.region_weight <= 0 or thumbs is None:
+    """The calibration's region head on thumbnails (B, t, t) and the defect maps (B, S, S) it
+    reads (`region_maps`): (B, K) log-probabilities, or None when the model has no region head,
+    w = 0, or no thumbnails or maps."""
+    if calibration.region_head is None or calibration.region_weight <= 0:
+        return None
+    if thumbs is None or not maps:
         return None
     head = RegionHead.from_dict(calibration.region_head)
-    return head.log_probs(region_features(thumbs.to(maps.device), maps, fill_steps))
+    return head.log_probs(region_features_on(thumbs.to(maps[0].device), maps, fill_steps))
 
 
 def fuse_region(probs: torch.Tensor, log_q: torch.Tensor, weight: float) -> torch.Tensor:

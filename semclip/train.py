@@ -26,7 +26,7 @@ from semclip.inference import run_heads
 from semclip.maps import map_quantile
 from semclip.membank import PatchMemoryBank
 from semclip.metrics import f1_max
-from semclip.region_head import REGION_GRID, RegionHead, fuse_region, region_features
+from semclip.region_head import REGION_GRID, RegionHead, fuse_region, region_features_on
 from semclip.selfsim import normal_scale
 
 log = logging.getLogger(__name__)
@@ -295,13 +295,23 @@ def calibrate(
         pclip_source=source,
         method="cross-validation",
     )
-    region, region_weight, region_acc = None, 0.0, None
+    region, region_weight, region_acc, region_map = None, 0.0, None, "fused"
     if config.region_head and held_thumbs:
         fused = fuse_probs(p_clip, p_head, torch.tensor(chosen.alphas(p_head.shape[1])))
-        features = region_features(torch.cat(held_thumbs), maps.fused(beta, gamma)).numpy()
-        region, region_weight, region_acc = _choose_region(
-            features, labels.numpy(), folds[image_index].numpy(), fused
-        )
+        candidates = {"fused": [maps.fused(beta, gamma)]}
+        if scale is not None:
+            candidates["self"] = [maps.own]
+            candidates["both"] = [maps.fused(beta, gamma), maps.own]
+        if config.region_map != "choose":
+            candidates = {k: v for k, v in candidates.items() if k == config.region_map}
+        if candidates:
+            region, region_weight, region_acc, region_map = _choose_region_map(
+                candidates,
+                torch.cat(held_thumbs),
+                labels.numpy(),
+                folds[image_index].numpy(),
+                fused,
+            )
     details = {
         "folds": int(folds.max()) + 1,
         "cv_accuracy": acc,
@@ -313,6 +323,7 @@ def calibrate(
         chosen,
         region_weight=region_weight,
         region_head=region.to_dict() if region is not None else None,
+        region_map=region_map,
         details=details,
     )
 
@@ -466,6 +477,33 @@ def _choose_region(
         ((w, fuse_region(probs.float(), log_q, w)) for w in REGION_GRID),
     )
     return RegionHead.fit(features, labels, n_classes), weight, acc
+
+
+def _choose_region_map(
+    candidates: dict[str, list[torch.Tensor]],
+    thumbs: torch.Tensor,
+    labels: np.ndarray,
+    folds: np.ndarray,
+    probs: torch.Tensor,
+) -> tuple[RegionHead | None, float, float | None, str]:
+    """(region head, w, held-out accuracy, maps' name): `_choose_region` on the regions read
+    from each candidate's held-out maps (n, S, S) (`region_maps`), the best held-out accuracy
+    winning (ties: the earlier candidate).
+
+    The fused map S is where the trained parts say the defect is; S_self alone is free of a
+    backbone that may not fit the images (on random weights it named tool-b's classes better).
+    """
+    best: tuple[tuple[float, int], tuple[RegionHead | None, float, float | None, str]] | None
+    best = None
+    for order, (name, score_maps) in enumerate(candidates.items()):
+        features = region_features_on(thumbs, score_maps).numpy()
+        head, weight, acc = _choose_region(features, labels, folds, probs)
+        key = (acc if acc is not None else -1.0, -order)
+        if best is None or key > best[0]:
+            best = (key, (head, weight, acc, name))
+    if best is None:
+        raise ValueError("no candidate map for the region head")
+    return best[1]
 
 
 @dataclass(frozen=True)

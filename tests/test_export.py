@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from semclip import SemclipModel
 from semclip.artifact import save_model
@@ -113,23 +114,43 @@ def test_eager_module_is_the_production_math(banked: SemclipModel) -> None:
 
 
 @pytest.mark.slow
-def test_onnx_with_a_region_head_agrees_with_eager(regioned: SemclipModel, tmp_path: Path) -> None:
-    """The region head in the graph: P_fused · P_region^w, P_region from the graph's own map."""
-    path = export_onnx(regioned, tmp_path / "region.onnx")
-    x = _images(regioned, 3, seed=7)
-    module = ExportedSemclip(regioned).eval()
+@pytest.mark.parametrize("region_map", ["fused", "self", "both"])
+def test_onnx_with_a_region_head_agrees_with_eager(
+    regioned: SemclipModel, tmp_path: Path, region_map: str
+) -> None:
+    """The region head in the graph: P_fused · P_region^w, P_region from the graph's own map,
+    or from its self-similarity part alone where the calibration reads the region there."""
+    head = RegionHead.from_dict(regioned.calibration.region_head)
+    if region_map == "both":  # a head on both maps' features: the fitted one, read on each
+        half = [tuple(v / 2 for v in row) for row in head.weight]
+        head = replace(
+            head,
+            mean=head.mean * 2,
+            scale=head.scale * 2,
+            weight=tuple(row + row for row in half),
+        )
+    cal = replace(regioned.calibration, region_map=region_map, region_head=head.to_dict())
+    model = replace(regioned, calibration=cal)
+    path = export_onnx(model, tmp_path / "region.onnx")
+    x = _images(model, 3, seed=7)
+    module = ExportedSemclip(model).eval()
     with torch.inference_mode():
         probs, amap = module(x)
-        plain, _ = ExportedSemclip(
-            replace(regioned, calibration=replace(regioned.calibration, region_weight=0.0))
-        )(x)
+        plain, _ = ExportedSemclip(replace(model, calibration=replace(cal, region_weight=0.0)))(x)
     got = onnx_session(path).run(list(OUTPUT_NAMES), {"images": x.numpy()})
     np.testing.assert_allclose(got[0], probs.numpy(), atol=1e-4, rtol=0)
     np.testing.assert_allclose(got[1], amap.numpy(), atol=1e-4, rtol=0)
-    side = min(regioned.preprocess.image_size, THUMB)
-    fine = torch.nn.functional.interpolate(amap[:, None], size=(side, side), mode="bilinear")[:, 0]
-    head = RegionHead.from_dict(regioned.calibration.region_head)
-    expected = fuse_region(plain, head.log_probs(region_features(thumbnail(x), fine)), 2.0)
+    own = anomaly(self_similarity(x), cal.selfsim_scale)[:, None]
+    own = torch.nn.functional.interpolate(own, size=amap.shape[1:], mode="bilinear")[:, 0]
+    sources = {"fused": [amap], "self": [own], "both": [amap, own]}[region_map]
+    side = min(model.preprocess.image_size, THUMB)
+    feats = [
+        region_features(
+            thumbnail(x), F.interpolate(m[:, None], size=(side, side), mode="bilinear")[:, 0]
+        )
+        for m in sources
+    ]
+    expected = fuse_region(plain, head.log_probs(torch.cat(feats, dim=1)), 2.0)
     torch.testing.assert_close(probs, expected, atol=1e-5, rtol=0)
 
 

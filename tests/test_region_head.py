@@ -28,7 +28,7 @@ from semclip.region_head import (
     region_features,
     thumbnail,
 )
-from semclip.train import _choose_region
+from semclip.train import _choose_region, _choose_region_map
 
 FEATURE = {name: i for i, name in enumerate(REGION_FEATURES)}
 SIDE = 64
@@ -145,6 +145,82 @@ def test_cross_validation_uses_the_region_head_only_where_it_helps() -> None:
     one_class = np.where(folds == 0, 0, y)  # a fold whose complement is one class
     one_class[folds == 1] = 0
     assert _choose_region(x, one_class, folds, flat) == (None, 0.0, None)
+
+
+def _scenes(n_per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """(thumbs, maps, labels) of the three `_blobs` classes, good with a flat map."""
+    thumbs, maps, labels = [], [], []
+    for label, (shape, value) in enumerate([("disc", 0.5), ("disc", 0.9), ("bar", 0.1)]):
+        for i in range(n_per_class):
+            img, smap = _scene(shape, value=value, seed=seed * 100 + 10 * label + i)
+            if label == 0:
+                smap = torch.full((SIDE, SIDE), 0.1)
+            thumbs.append(img)
+            maps.append(smap)
+            labels.append(label)
+    return torch.stack(thumbs), torch.stack(maps), np.array(labels)
+
+
+def test_the_region_is_read_on_the_map_whose_regions_name_the_classes() -> None:
+    """Cross-validation between candidate maps: the one whose peak region lies on the defect
+    wins; where both say the same, the first (the fused map S) is kept."""
+    thumbs, maps, labels = _scenes(4, seed=5)
+    folds = np.tile(np.arange(2), len(labels) // 2)
+    flat = torch.full((len(labels), 3), 1.0 / 3)
+    lost = torch.rand(maps.shape, generator=torch.Generator().manual_seed(0))  # peaks anywhere
+    head, weight, acc, name = _choose_region_map(
+        {"fused": [lost], "self": [maps]}, thumbs, labels, folds, flat
+    )
+    assert name == "self" and head is not None and weight > 0 and acc == pytest.approx(1.0)
+    both = {"fused": [maps], "self": [maps], "both": [maps, maps]}
+    head, *_, name = _choose_region_map(both, thumbs, labels, folds, flat)
+    assert name == "fused" and len(head.mean) == len(REGION_FEATURES)
+    head, *_, name = _choose_region_map({"both": [lost, maps]}, thumbs, labels, folds, flat)
+    assert name == "both" and len(head.mean) == 2 * len(REGION_FEATURES)  # side by side
+    *_, name = _choose_region_map({"self": [maps]}, thumbs, labels, folds, flat)
+    assert name == "self"  # a forced choice (FitConfig.region_map) is the only candidate
+    with pytest.raises(ValueError, match="candidate"):
+        _choose_region_map({}, thumbs, labels, folds, flat)
+
+
+def test_run_heads_reads_the_region_on_the_self_similarity_map_when_chosen() -> None:
+    """region_map "self": P_region comes from S_self's peak region, even with γ = 0 (S_self then
+    names the defect without entering the defect map); "both": the two regions' features."""
+    n, m, g, width, embed, k = 3, 2, 4, 8, 6, 3
+    gen = torch.Generator().manual_seed(0)
+    tokens, vv = (
+        torch.randn(n, m, 1 + g * g, width, generator=gen),
+        torch.randn(n, m, 1 + g * g, embed, generator=gen),
+    )
+    heads = SemclipHeads(m, width, embed, torch.randn(k, embed, generator=gen))
+    thumbs = torch.rand(n, 32, 32, generator=gen)
+    selfsim = torch.rand(n, 15, 15, generator=gen)
+    feats = Features(tokens, vv, selfsim, thumbs)
+    x, y = _blobs(3, seed=1)
+    head = RegionHead.fit(x, y, n_classes=k).to_dict()
+    base = Calibration(region_head=head, region_weight=1.0, selfsim_weight=0.0)
+    on_self = run_heads(heads, feats, replace(base, region_map="self"), 0, 32)
+    on_fused = run_heads(heads, feats, base, 0, 32)
+    assert on_self.selfsim_map is not None and on_fused.selfsim_map is None
+    torch.testing.assert_close(on_self.score_map, on_fused.score_map)  # γ = 0: S unchanged
+    expected = RegionHead.from_dict(head).log_probs(region_features(thumbs, on_self.selfsim_map))
+    torch.testing.assert_close(on_self.p_region.log(), expected, atol=1e-5, rtol=0)
+    assert not torch.allclose(on_self.p_region, on_fused.p_region)
+    xx = np.concatenate([x, x[::-1]], axis=1)  # a head fitted on two maps' features
+    two = replace(base, region_map="both", region_head=RegionHead.fit(xx, y, k).to_dict())
+    on_both = run_heads(heads, feats, two, 0, 32)
+    pair = torch.cat(
+        [region_features(thumbs, on_both.score_map), region_features(thumbs, on_both.selfsim_map)],
+        dim=1,
+    )
+    head_two = RegionHead.from_dict(two.region_head)
+    torch.testing.assert_close(on_both.p_region.log(), head_two.log_probs(pair), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="region map"):
+        run_heads(heads, feats, replace(base, region_map="neither"), 0, 32)
+    bare = run_heads(
+        heads, Features(tokens, vv, None, thumbs), replace(base, region_map="self"), 0, 32
+    )
+    assert bare.p_region is None  # no self-similarity in the features: no region to read
 
 
 def test_run_heads_fuses_the_region_head_by_its_weight() -> None:

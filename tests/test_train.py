@@ -349,3 +349,4 @@ def test_calibration_alphas_and_stored_round_trip() -> None:
     assert legacy.class_alpha is None and legacy.membank_weight == 0.0
     assert legacy.surgery_scale == 1.0
     assert legacy.selfsim_weight == 0.0  # models saved before self-similarity predict as before
+    assert legacy.region_weight == 0.0 and legacy.region_map == "fused"  # read on S, as before
