@@ -7,8 +7,8 @@ The exported graph takes a normalised batch (B, 3, S, S) (the model's own prepro
   gives them before its fp16 feature cache (same functions: `class_probabilities`); with a
   region head (`semclip.region_head`, w > 0) times P_region^w, its features read from the
   graph's own map below, its S_self part, or both (the calibration's region_map), bilinearly
-  resized to the thumbnail (`predict` reads its smoothed
-  model-resolution map, so the region head's share can differ slightly from `predict`'s);
+  resized to the thumbnail (`predict` reads its smoothed model-resolution map, so the region
+  head's share can differ slightly from `predict`'s);
 * ``anomaly_map`` (B, g, g): the defect map at feature resolution, one value per patch:
   (1 − β) · (S_v + S_n) / 2 + β · S_knn with the memory bank when the model has one, then
   (1 − γ) · that + γ · S_self with the within-image self-similarity map (resized to g × g).
