@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -258,15 +258,18 @@ class RegionHead:
         )
 
 
-def region_maps(
-    region_map: str, fused: torch.Tensor, own: torch.Tensor | None
-) -> list[torch.Tensor] | None:
-    """The maps a region head reads (`Calibration.region_map`): the fused map S ("fused"), the
+REGION_MAPS = ("fused", "self", "both")  # `Calibration.region_map`'s values, in tie order
+T = TypeVar("T")
+
+
+def region_maps(region_map: str, fused: T, own: T | None) -> list[T] | None:
+    """What a region head reads (`Calibration.region_map`): the fused map S ("fused"), the
     self-similarity map S_self ("self"), or both, their features side by side ("both"); None
-    where S_self is needed and missing."""
+    where S_self is needed and missing. Given the two maps' region features instead of the
+    maps, it picks those (calibration scores each map's regions once for all three)."""
     if region_map == "fused":
         return [fused]
-    if region_map not in ("self", "both"):
+    if region_map not in REGION_MAPS:
         raise ValueError(f"region map {region_map!r}: expected fused, self or both")
     if own is None:
         return None

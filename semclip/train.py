@@ -26,7 +26,14 @@ from semclip.inference import run_heads
 from semclip.maps import map_quantile
 from semclip.membank import PatchMemoryBank
 from semclip.metrics import f1_max
-from semclip.region_head import REGION_GRID, RegionHead, fuse_region, region_features_on
+from semclip.region_head import (
+    REGION_GRID,
+    REGION_MAPS,
+    RegionHead,
+    fuse_region,
+    region_features,
+    region_maps,
+)
 from semclip.selfsim import normal_scale
 
 log = logging.getLogger(__name__)
@@ -298,19 +305,19 @@ def calibrate(
     region, region_weight, region_acc, region_map = None, 0.0, None, "fused"
     if config.region_head and held_thumbs:
         fused = fuse_probs(p_clip, p_head, torch.tensor(chosen.alphas(p_head.shape[1])))
-        candidates = {"fused": [maps.fused(beta, gamma)]}
-        if scale is not None:
-            candidates["self"] = [maps.own]
-            candidates["both"] = [maps.fused(beta, gamma), maps.own]
-        if config.region_map != "choose":
-            candidates = {k: v for k, v in candidates.items() if k == config.region_map}
+        thumbs = torch.cat(held_thumbs)
+        on_fused = region_features(thumbs, maps.fused(beta, gamma)).numpy()
+        reads_self = scale is not None and config.region_map != "fused"
+        on_self = region_features(thumbs, maps.own).numpy() if reads_self else None
+        names = REGION_MAPS if config.region_map == "choose" else (config.region_map,)
+        candidates = {}
+        for name in names:
+            blocks = region_maps(name, on_fused, on_self)
+            if blocks is not None:
+                candidates[name] = np.concatenate(blocks, axis=1)
         if candidates:
             region, region_weight, region_acc, region_map = _choose_region_map(
-                candidates,
-                torch.cat(held_thumbs),
-                labels.numpy(),
-                folds[image_index].numpy(),
-                fused,
+                candidates, labels.numpy(), folds[image_index].numpy(), fused
             )
     details = {
         "folds": int(folds.max()) + 1,
@@ -480,14 +487,13 @@ def _choose_region(
 
 
 def _choose_region_map(
-    candidates: dict[str, list[torch.Tensor]],
-    thumbs: torch.Tensor,
+    candidates: dict[str, np.ndarray],
     labels: np.ndarray,
     folds: np.ndarray,
     probs: torch.Tensor,
 ) -> tuple[RegionHead | None, float, float | None, str]:
-    """(region head, w, held-out accuracy, maps' name): `_choose_region` on the regions read
-    from each candidate's held-out maps (n, S, S) (`region_maps`), the best held-out accuracy
+    """(region head, w, held-out accuracy, maps' name): `_choose_region` on each candidate's
+    held-out region features (n, D) (named as in `region_maps`), the best held-out accuracy
     winning (ties: the earlier candidate).
 
     The fused map S is where the trained parts say the defect is; S_self alone is free of a
@@ -495,8 +501,7 @@ def _choose_region_map(
     """
     best: tuple[tuple[float, int], tuple[RegionHead | None, float, float | None, str]] | None
     best = None
-    for order, (name, score_maps) in enumerate(candidates.items()):
-        features = region_features_on(thumbs, score_maps).numpy()
+    for order, (name, features) in enumerate(candidates.items()):
         head, weight, acc = _choose_region(features, labels, folds, probs)
         key = (acc if acc is not None else -1.0, -order)
         if best is None or key > best[0]:

@@ -26,6 +26,7 @@ from semclip.region_head import (
     fuse_region,
     peak_region,
     region_features,
+    region_maps,
     thumbnail,
 )
 from semclip.train import _choose_region, _choose_region_map
@@ -93,19 +94,27 @@ def test_thumbnail_is_the_first_channel_area_resized() -> None:
     assert thumbnail(torch.rand(1, 3, 40, 40)).shape == (1, 40, 40)  # small inputs keep theirs
 
 
-def _blobs(n_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Region features of three classes that differ in contrast and elongation."""
-    x, y = [], []
+def _scenes(n_per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """(thumbs, maps, labels) of three classes that differ in contrast and elongation; "good"
+    (class 0) with a flat map."""
+    thumbs, maps, labels = [], [], []
     for label, (shape, value) in enumerate([("disc", 0.5), ("disc", 0.9), ("bar", 0.1)]):
         for i in range(n_per_class):
             img, smap = _scene(shape, value=value, seed=seed * 100 + 10 * label + i)
-            if label == 0:  # "good": a flat map
+            if label == 0:
                 smap = 0.1 + 0.01 * torch.rand(
                     SIDE, SIDE, generator=torch.Generator().manual_seed(i)
                 )
-            x.append(region_features(img[None], smap[None])[0].numpy())
-            y.append(label)
-    return np.array(x), np.array(y)
+            thumbs.append(img)
+            maps.append(smap)
+            labels.append(label)
+    return torch.stack(thumbs), torch.stack(maps), np.array(labels)
+
+
+def _blobs(n_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Region features and labels of the `_scenes` classes."""
+    thumbs, maps, labels = _scenes(n_per_class, seed)
+    return region_features(thumbs, maps).numpy(), labels
 
 
 def test_the_region_head_learns_separable_regions_and_round_trips_as_json() -> None:
@@ -147,20 +156,6 @@ def test_cross_validation_uses_the_region_head_only_where_it_helps() -> None:
     assert _choose_region(x, one_class, folds, flat) == (None, 0.0, None)
 
 
-def _scenes(n_per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-    """(thumbs, maps, labels) of the three `_blobs` classes, good with a flat map."""
-    thumbs, maps, labels = [], [], []
-    for label, (shape, value) in enumerate([("disc", 0.5), ("disc", 0.9), ("bar", 0.1)]):
-        for i in range(n_per_class):
-            img, smap = _scene(shape, value=value, seed=seed * 100 + 10 * label + i)
-            if label == 0:
-                smap = torch.full((SIDE, SIDE), 0.1)
-            thumbs.append(img)
-            maps.append(smap)
-            labels.append(label)
-    return torch.stack(thumbs), torch.stack(maps), np.array(labels)
-
-
 def test_the_region_is_read_on_the_map_whose_regions_name_the_classes() -> None:
     """Cross-validation between candidate maps: the one whose peak region lies on the defect
     wins; where both say the same, the first (the fused map S) is kept."""
@@ -168,33 +163,43 @@ def test_the_region_is_read_on_the_map_whose_regions_name_the_classes() -> None:
     folds = np.tile(np.arange(2), len(labels) // 2)
     flat = torch.full((len(labels), 3), 1.0 / 3)
     lost = torch.rand(maps.shape, generator=torch.Generator().manual_seed(0))  # peaks anywhere
+    on_lost, on_defect = (region_features(thumbs, m).numpy() for m in (lost, maps))
     head, weight, acc, name = _choose_region_map(
-        {"fused": [lost], "self": [maps]}, thumbs, labels, folds, flat
+        {"fused": on_lost, "self": on_defect}, labels, folds, flat
     )
     assert name == "self" and head is not None and weight > 0 and acc == pytest.approx(1.0)
-    both = {"fused": [maps], "self": [maps], "both": [maps, maps]}
-    head, *_, name = _choose_region_map(both, thumbs, labels, folds, flat)
+    pair = np.concatenate(region_maps("both", on_defect, on_defect), axis=1)
+    both = {"fused": on_defect, "self": on_defect, "both": pair}
+    head, *_, name = _choose_region_map(both, labels, folds, flat)
     assert name == "fused" and len(head.mean) == len(REGION_FEATURES)
-    head, *_, name = _choose_region_map({"both": [lost, maps]}, thumbs, labels, folds, flat)
+    pair = np.concatenate(region_maps("both", on_lost, on_defect), axis=1)
+    head, *_, name = _choose_region_map({"both": pair}, labels, folds, flat)
     assert name == "both" and len(head.mean) == 2 * len(REGION_FEATURES)  # side by side
-    *_, name = _choose_region_map({"self": [maps]}, thumbs, labels, folds, flat)
+    *_, name = _choose_region_map({"self": on_defect}, labels, folds, flat)
     assert name == "self"  # a forced choice (FitConfig.region_map) is the only candidate
+    assert region_maps("self", on_lost, None) is None  # S_self asked for, none there
     with pytest.raises(ValueError, match="candidate"):
-        _choose_region_map({}, thumbs, labels, folds, flat)
+        _choose_region_map({}, labels, folds, flat)
 
 
-def test_run_heads_reads_the_region_on_the_self_similarity_map_when_chosen() -> None:
-    """region_map "self": P_region comes from S_self's peak region, even with γ = 0 (S_self then
-    names the defect without entering the defect map); "both": the two regions' features."""
-    n, m, g, width, embed, k = 3, 2, 4, 8, 6, 3
+def _random_heads(n: int) -> tuple[SemclipHeads, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(heads, tokens, vv, thumbs) of random numbers: 2 stages, a 4 × 4 grid, 3 classes."""
+    m, g, width, embed, k = 2, 4, 8, 6, 3
     gen = torch.Generator().manual_seed(0)
     tokens, vv = (
         torch.randn(n, m, 1 + g * g, width, generator=gen),
         torch.randn(n, m, 1 + g * g, embed, generator=gen),
     )
     heads = SemclipHeads(m, width, embed, torch.randn(k, embed, generator=gen))
-    thumbs = torch.rand(n, 32, 32, generator=gen)
-    selfsim = torch.rand(n, 15, 15, generator=gen)
+    return heads, tokens, vv, torch.rand(n, 32, 32, generator=gen)
+
+
+def test_run_heads_reads_the_region_on_the_self_similarity_map_when_chosen() -> None:
+    """region_map "self": P_region comes from S_self's peak region, even with γ = 0 (S_self then
+    names the defect without entering the defect map); "both": the two regions' features."""
+    n, k = 3, 3
+    heads, tokens, vv, thumbs = _random_heads(n)
+    selfsim = torch.rand(n, 15, 15, generator=torch.Generator().manual_seed(1))
     feats = Features(tokens, vv, selfsim, thumbs)
     x, y = _blobs(3, seed=1)
     head = RegionHead.fit(x, y, n_classes=k).to_dict()
@@ -224,14 +229,7 @@ def test_run_heads_reads_the_region_on_the_self_similarity_map_when_chosen() -> 
 
 
 def test_run_heads_fuses_the_region_head_by_its_weight() -> None:
-    n, m, g, width, embed, k = 2, 2, 4, 8, 6, 3
-    gen = torch.Generator().manual_seed(0)
-    tokens, vv = (
-        torch.randn(n, m, 1 + g * g, width, generator=gen),
-        torch.randn(n, m, 1 + g * g, embed, generator=gen),
-    )
-    heads = SemclipHeads(m, width, embed, torch.randn(k, embed, generator=gen))
-    thumbs = torch.rand(n, 32, 32, generator=gen)
+    heads, tokens, vv, thumbs = _random_heads(2)
     feats = Features(tokens, vv, None, thumbs)
     weight = ((0.0,) * len(REGION_FEATURES),) * 2 + ((0.0,) * len(REGION_FEATURES),)
     head = RegionHead(
