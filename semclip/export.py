@@ -39,7 +39,14 @@ from semclip.features import surgery_maps
 from semclip.inference import class_probabilities, patch_clip_map
 from semclip.maps import patch_grid
 from semclip.model import SemclipModel
-from semclip.region_head import THUMB, fuse_region, region_log_probs, region_maps, thumbnail
+from semclip.region_head import (
+    THUMB,
+    fuse_region,
+    reads_self_map,
+    region_log_probs,
+    region_maps,
+    thumbnail,
+)
 from semclip.selfsim import anomaly as selfsim_anomaly
 from semclip.selfsim import self_similarity
 
@@ -84,7 +91,7 @@ class ExportedSemclip(nn.Module):
             amap = (1.0 - self.beta) * amap + self.beta * knn
         amap = patch_grid(amap[..., None])[:, 0]  # (B, g, g)
         region = self.calibration.region_head is not None and self.calibration.region_weight > 0
-        on_self = region and self.calibration.region_map != "fused"
+        on_self = region and reads_self_map(self.calibration.region_map)
         own = None
         if self.gamma > 0 or on_self:
             own = selfsim_anomaly(self_similarity(images), self.selfsim_scale)  # (B, 15, 15)

@@ -15,7 +15,7 @@ from semclip.features import Features, surgery_maps
 from semclip.heads import SemclipHeads, fuse_probs
 from semclip.maps import class_logits, gaussian_smooth, patch_grid, smoothing_sigma, upsample
 from semclip.membank import PatchMemoryBank
-from semclip.region_head import fuse_region, region_log_probs, region_maps
+from semclip.region_head import fuse_region, reads_self_map, region_log_probs, region_maps
 from semclip.selfsim import anomaly as selfsim_anomaly
 
 
@@ -80,7 +80,7 @@ def run_heads(
         score = (1.0 - beta) * clip_map + beta * knn_map
     gamma = float(calibration.selfsim_weight)
     self_map = None
-    region_on_self = calibration.region_map != "fused" and calibration.region_weight > 0
+    region_on_self = calibration.region_weight > 0 and reads_self_map(calibration.region_map)
     if feats.selfsim is not None and (gamma > 0 or region_on_self):
         self_map = selfsim_map(feats.selfsim.to(device), calibration.selfsim_scale, size, sigma)
     if self_map is not None and gamma > 0:

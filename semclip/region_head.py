@@ -262,6 +262,14 @@ REGION_MAPS = ("fused", "self", "both")  # `Calibration.region_map`'s values, in
 T = TypeVar("T")
 
 
+def reads_self_map(region_map: str) -> bool:
+    """Whether a region head with this `region_map` (or `FitConfig.region_map`, where "choose"
+    tries S_self among the rest) needs the self-similarity map S_self: every value but "fused".
+    Inference, the ONNX graph and calibration compute S_self for the region by this one rule,
+    even where γ = 0 keeps S_self out of the defect map."""
+    return region_map != "fused"
+
+
 def region_maps(region_map: str, fused: T, own: T | None) -> list[T] | None:
     """What a region head reads (`Calibration.region_map`): the fused map S ("fused"), the
     self-similarity map S_self ("self"), or both, their features side by side ("both"); None

@@ -31,6 +31,7 @@ from semclip.region_head import (
     REGION_MAPS,
     RegionHead,
     fuse_region,
+    reads_self_map,
     region_features,
     region_maps,
 )
@@ -307,7 +308,7 @@ def calibrate(
         fused = fuse_probs(p_clip, p_head, torch.tensor(chosen.alphas(p_head.shape[1])))
         thumbs = torch.cat(held_thumbs)
         on_fused = region_features(thumbs, maps.fused(beta, gamma)).numpy()
-        reads_self = scale is not None and config.region_map != "fused"
+        reads_self = scale is not None and reads_self_map(config.region_map)
         on_self = region_features(thumbs, maps.own).numpy() if reads_self else None
         names = REGION_MAPS if config.region_map == "choose" else (config.region_map,)
         candidates = {}
