@@ -62,6 +62,19 @@ class FitConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def check(self) -> None:
+        """Raise ValueError naming the fields where two settings contradict each other.
+
+        Why: a forced region map on S_self with the self-similarity map turned off used to fit
+        no region head at all, silently (the fit log said region=0.00); a fab engineer who
+        asked for it should hear why they did not get it.
+        """
+        if not self.selfsim and self.region_map in ("self", "both"):
+            raise ValueError(
+                f"fit config region_map={self.region_map} reads the self-similarity map, which "
+                "selfsim=false turns off: set selfsim=true, or region_map=fused or choose"
+            )
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FitConfig:
         known = {f.name for f in fields(cls)}
@@ -81,7 +94,9 @@ class FitConfig:
                 msg = f"fit override {pair!r}: expected KEY=VALUE, e.g. surgery_scale=10"
                 raise ValueError(msg)
             changes[key] = parse_field_value(self, key, text.strip())
-        return replace(self, **changes)
+        changed = replace(self, **changes)
+        changed.check()
+        return changed
 
 
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")

@@ -160,6 +160,7 @@ class SemclipModel:
         """
         started = time.perf_counter()
         config = config or FitConfig()
+        config.check()
         databar = databar or DatabarCrop()
         items = support_items(support)
         classes = support_classes(items)

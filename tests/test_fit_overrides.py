@@ -41,6 +41,21 @@ def test_a_bad_override_fails_naming_the_field(pair: str, named: str) -> None:
     assert named in str(raised.value)
 
 
+@pytest.mark.parametrize("region_map", ["self", "both"])
+def test_contradicting_settings_fail_naming_both_fields(region_map: str) -> None:
+    """A region read on S_self with S_self turned off: refused where the overrides are read
+    and where a fit starts, not a model silently fitted without the region head asked for."""
+    from semclip import SemclipModel
+
+    with pytest.raises(ValueError, match=f"region_map={region_map} .* selfsim=false"):
+        FitConfig().with_overrides(["selfsim=false", f"region_map={region_map}"])
+    config = FitConfig(selfsim=False, region_map=region_map)
+    with pytest.raises(ValueError, match="selfsim=false"):
+        SemclipModel.fit(None, [], config=config)  # type: ignore[arg-type]  # refused first
+    for fine in ("fused", "choose"):
+        FitConfig().with_overrides(["selfsim=false", f"region_map={fine}"]).check()
+
+
 def test_cli_refuses_a_bad_override_before_reading_data(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
