@@ -41,7 +41,7 @@ from semclip.pretrain.ssl import (
     trunk_tokens,
     vit_embed,
 )
-from semclip.pretrain.ssl_step import collapse_reason
+from semclip.pretrain.ssl_step import collapse_reason, describe_indicators
 from semclip.pretrain.towers import create_towers
 from semclip.pretrain.unlabeled import DateRange, load_unlabeled
 from semclip.synth import generate_dataset
@@ -215,6 +215,12 @@ def test_feature_prediction_loss_decreases_and_its_teacher_follows_the_trunk(
     loss = [h["loss_ssl_patch"] for h in result.history]
     assert np.mean(loss[-4:]) < np.mean(loss[:4])
     assert result.collapsed is None and result.finished
+    card = (result.backbone_dir / "MODEL_CARD.md").read_text()
+    assert "objective: masked-feature prediction" in card  # the objective that ran, no other
+    assert "iBOT" not in card and "prototypes" not in card and "nan" not in card
+    assert "teacher entropy" not in card  # no softmax here: nothing to report, not "nan"
+    line = describe_indicators(result.history[-1], features.prototypes)
+    assert "nan" not in line and "patch std" in line
     towers = create_towers(PretrainConfig(model="semclip-tiny"))
     ssl = SelfDistillation(towers.model.visual, SSLConfig(objective="features"))
     names = {id(p) for p in ssl.student_parameters()}
@@ -257,6 +263,7 @@ def test_ssl_run_logs_indicators_and_exports_a_loadable_backbone(finished) -> No
     card = (folder / "MODEL_CARD.md").read_text()
     assert "40 unlabelled images used; 0 skipped" in card
     assert "Unlabelled adaptation" in card and "kNN patch AUROC" in card
+    assert "objective: iBOT-style self-distillation" in card and "teacher entropy" in card
     record = json.loads((folder / "pretrain.json").read_text())
     assert record["zero_shot"]["before"]["n_images"] > 0
     assert record["zero_shot"]["after"]["accuracy"] is not None

@@ -363,7 +363,7 @@ def _ssl_lines(record: dict[str, Any]) -> list[str]:
     skipped = ", ".join(f"{k} {v}" for k, v in ssl["skipped"].items()) or "none"
     first, last = ssl["first"] or {}, ssl["last"] or {}
     lines = [
-        "## Unlabelled adaptation (self-distillation)",
+        "## Unlabelled adaptation (self-supervised)",
         "",
         f"- source: `{src['uri']}` ({src['kind']}), dates: {src['dates'] or 'all'}; "
         f"{src.get('files_listed')} image files listed",
@@ -372,20 +372,11 @@ def _ssl_lines(record: dict[str, Any]) -> list[str]:
         *[f"  - skipped: {e}" for e in ssl["skipped_examples"]],
         f"- `{ssl['unlabeled_images']}`: sha256 of every unlabelled image used; evaluation on "
         "these is transductive (allowed, and reported by `semclip eval`)",
-        f"- mode: {ssl['mode']}; objective: iBOT-style self-distillation, EMA teacher "
-        f"(momentum {cfg['momentum_start']} → {cfg['momentum_end']}), K = {cfg['prototypes']} "
-        f"prototypes, teacher temperature {cfg['teacher_temp_start']} → {cfg['teacher_temp']}, "
-        f"student {cfg['student_temp']}; [CLS] term on 2 global views + {cfg['local_crops']} "
-        f"local crops (x{cfg['cls_weight']}), masked-patch term ({cfg['mask_ratio_min']}-"
-        f"{cfg['mask_ratio_max']} of the patches of {cfg['mask_prob']} of the views, "
-        f"x{cfg['patch_weight']}); SSL weight {cfg['weight']}",
+        f"- mode: {ssl['mode']}; objective: {_objective_text(cfg)}; SSL weight {cfg['weight']}",
         f"- exported trunk: {'EMA teacher' if cfg['export_teacher'] else 'student'}",
         f"- SSL losses: [CLS] {_f(first.get('loss_ssl_cls'))} → {_f(last.get('loss_ssl_cls'))}, "
         f"patch {_f(first.get('loss_ssl_patch'))} → {_f(last.get('loss_ssl_patch'))}",
-        f"- collapse indicators (first → last): teacher entropy "
-        f"{_f(first.get('teacher_entropy'))} → {_f(last.get('teacher_entropy'))} x log K, "
-        f"batch-mean entropy {_f(first.get('teacher_marginal_entropy'))} → "
-        f"{_f(last.get('teacher_marginal_entropy'))} x log K, patch feature std "
+        f"- collapse indicators (first → last): {_entropy_text(first, last)}patch feature std "
         f"{_f4(first.get('patch_std'))} → {_f4(last.get('patch_std'))}; "
         + (f"**COLLAPSED: {ssl['collapsed']}**" if ssl["collapsed"] else "no collapse detected"),
         "",
@@ -452,9 +443,48 @@ def _counts(counts: dict[str, Any]) -> str:
     return ", ".join(f"{k} {_f(v) if isinstance(v, float) else v}" for k, v in counts.items())
 
 
+def _objective_text(cfg: dict[str, Any]) -> str:
+    """What the SSL objective of the run was, in the card's words: the two objectives share
+    the EMA teacher, views and masks, and differ in what the student predicts."""
+    views = (
+        f"[CLS] term on 2 global views + {cfg['local_crops']} local crops (x{cfg['cls_weight']}), "
+        f"masked-patch term ({cfg['mask_ratio_min']}-{cfg['mask_ratio_max']} of the patches of "
+        f"{cfg['mask_prob']} of the views, x{cfg['patch_weight']})"
+    )
+    teacher = f"EMA teacher (momentum {cfg['momentum_start']} → {cfg['momentum_end']})"
+    if cfg.get("objective", "distill") == "features":
+        return (
+            "masked-feature prediction (data2vec-style: the student predicts the "
+            f"{teacher}'s layer-normalised clean tokens at its masked patches, by cosine; "
+            f"[CLS] from the other global views); {views}"
+        )
+    return (
+        f"iBOT-style self-distillation, {teacher}, K = {cfg['prototypes']} prototypes, teacher "
+        f"temperature {cfg['teacher_temp_start']} → {cfg['teacher_temp']}, student "
+        f"{cfg['student_temp']}; {views}"
+    )
+
+
+def _entropy_text(first: dict[str, Any], last: dict[str, Any]) -> str:
+    """The prototype-entropy indicators, or nothing where the objective has no softmax
+    (masked-feature prediction records them as NaN: not applicable, not a failure)."""
+    if _missing(first.get("teacher_entropy")) and _missing(last.get("teacher_entropy")):
+        return ""
+    return (
+        f"teacher entropy {_f(first.get('teacher_entropy'))} → "
+        f"{_f(last.get('teacher_entropy'))} x log K, batch-mean entropy "
+        f"{_f(first.get('teacher_marginal_entropy'))} → "
+        f"{_f(last.get('teacher_marginal_entropy'))} x log K, "
+    )
+
+
+def _missing(value: float | None) -> bool:
+    return value is None or math.isnan(value)
+
+
 def _f(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
+    return "n/a" if _missing(value) else f"{value:.3f}"
 
 
 def _f4(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
+    return "n/a" if _missing(value) else f"{value:.4f}"

@@ -143,9 +143,11 @@ def collapse_reason(
 
 def describe_indicators(summary: dict[str, float], prototypes: int) -> str:
     """One log line of the SSL losses and collapse indicators."""
+    losses = f"ssl cls {summary['loss_ssl_cls']:.3f}, patch {summary['loss_ssl_patch']:.3f} | "
+    if math.isnan(summary["teacher_entropy"]):  # masked-feature prediction: no softmax
+        return f"{losses}patch std {summary['patch_std']:.4f}"
     return (
-        f"ssl cls {summary['loss_ssl_cls']:.3f}, patch {summary['loss_ssl_patch']:.3f} | "
-        f"teacher entropy {summary['teacher_entropy']:.3f} (batch-mean "
+        f"{losses}teacher entropy {summary['teacher_entropy']:.3f} (batch-mean "
         f"{summary['teacher_marginal_entropy']:.3f}) x log K={math.log(prototypes):.2f}, "
         f"patch entropy {summary['patch_entropy']:.3f}, patch std {summary['patch_std']:.4f}"
     )
