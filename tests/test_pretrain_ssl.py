@@ -164,6 +164,10 @@ def test_schedules_and_collapse_rules() -> None:
         {**healthy, "teacher_marginal_entropy": 0.01}, 0.05, cfg
     )
     assert "std" in collapse_reason({**healthy, "patch_std": 0.001}, 0.05, cfg)
+    features = {"loss_ssl_cls": 0.2, "loss_ssl_patch": 0.1, "patch_std": 0.05}  # no softmax
+    assert collapse_reason(features, 0.05, cfg) is None
+    assert "std" in collapse_reason({**features, "patch_std": 0.001}, 0.05, cfg)
+    assert describe_indicators(features, cfg.prototypes).endswith("patch std 0.0500")
 
 
 @pytest.mark.slow
@@ -221,6 +225,14 @@ def test_feature_prediction_loss_decreases_and_its_teacher_follows_the_trunk(
     assert "teacher entropy" not in card  # no softmax here: nothing to report, not "nan"
     line = describe_indicators(result.history[-1], features.prototypes)
     assert "nan" not in line and "patch std" in line
+    assert not {"teacher_entropy", "patch_entropy"} & {k for h in result.history for k in h}
+
+    def refuse(token: str) -> None:
+        raise AssertionError(f"non-standard JSON token {token}")
+
+    record = json.loads((result.backbone_dir / "pretrain.json").read_text(), parse_constant=refuse)
+    assert "teacher_entropy" not in record["ssl"]["last"]
+    assert record["ssl"]["last"]["patch_std"] > 0
     towers = create_towers(PretrainConfig(model="semclip-tiny"))
     ssl = SelfDistillation(towers.model.visual, SSLConfig(objective="features"))
     names = {id(p) for p in ssl.student_parameters()}

@@ -9,7 +9,6 @@ crash never leaves a half-written backbone where the demo or a flow would pick i
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -20,6 +19,7 @@ from typing import Any
 
 import torch
 
+from semclip import strict_json
 from semclip.backbone import (
     CONFIG_FILE,
     LOCAL_DIR_PREFIX,
@@ -81,7 +81,7 @@ def export_backbone(
     record["inherited"] = {name: len(v) for name, v in inherited.items()}
     record["ssl"] = ssl_record(unlabeled, state, config) if unlabeled is not None else None
     record["weights_sha256"] = weights_sha
-    (tmp / RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    (tmp / RECORD).write_text(strict_json.dumps(record, indent=2) + "\n")
     plot_losses(state["history"], tmp / LOSS_CURVE, config.batch_size)
     (tmp / MODEL_CARD).write_text(model_card(record))
     if out_dir.exists():
@@ -209,7 +209,9 @@ def write_collapse_report(
     ]
     path = work / COLLAPSE_REPORT
     path.write_text("\n".join(lines))
-    (work / RECORD).write_text(json.dumps({"config": config.to_dict(), "state": state}) + "\n")
+    (work / RECORD).write_text(
+        strict_json.dumps({"config": config.to_dict(), "state": state}) + "\n"
+    )
     return path
 
 
@@ -240,17 +242,31 @@ def plot_losses(history: list[dict[str, float]], path: Path, batch_size: int) ->
         dense_ax.legend()
     if ssl:
         loss_ax, ind_ax = axes.pop(0), axes.pop(0)
-        loss_ax.plot(steps, [h["loss_ssl_cls"] for h in history], label="[CLS] (DINO)")
-        loss_ax.plot(steps, [h["loss_ssl_patch"] for h in history], label="masked patches (iBOT)")
-        loss_ax.set(xlabel="step", ylabel="loss", title="self-distillation")
+        entropies = [
+            (key, label)
+            for key, label in (
+                ("teacher_entropy", "teacher entropy / log K"),
+                ("teacher_marginal_entropy", "batch-mean entropy / log K"),
+                ("patch_entropy", "patch entropy / log K"),
+            )
+            if any(not _missing(h.get(key)) for h in history)
+        ]
+        names = ("(DINO)", "(iBOT)", "self-distillation")
+        if not entropies:  # masked-feature prediction: cosine regression, no prototypes
+            names = ("(cosine)", "(cosine)", "masked-feature prediction")
+        loss_ax.plot(steps, [h["loss_ssl_cls"] for h in history], label=f"[CLS] {names[0]}")
+        loss_ax.plot(
+            steps, [h["loss_ssl_patch"] for h in history], label=f"masked patches {names[1]}"
+        )
+        loss_ax.set(xlabel="step", ylabel="loss", title=names[2])
         loss_ax.legend()
-        for key, label in (
-            ("teacher_entropy", "teacher entropy / log K"),
-            ("teacher_marginal_entropy", "batch-mean entropy / log K"),
-            ("patch_entropy", "patch entropy / log K"),
-        ):
-            ind_ax.plot(steps, [h[key] for h in history], label=label)
-        ind_ax.set(xlabel="step", ylim=(0, 1.05), title="collapse indicators")
+        for key, label in entropies:
+            ind_ax.plot(steps, [_or_nan(h.get(key)) for h in history], label=label)
+        if entropies:
+            ind_ax.set(xlabel="step", ylim=(0, 1.05), title="collapse indicators")
+        else:  # the one collapse indicator that applies: the patch features' spread
+            ind_ax.plot(steps, [h["patch_std"] for h in history], label="teacher patch std")
+            ind_ax.set(xlabel="step", ylim=(0, None), title="collapse indicator")
         ind_ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -476,6 +492,11 @@ def _entropy_text(first: dict[str, Any], last: dict[str, Any]) -> str:
         f"{_f(first.get('teacher_marginal_entropy'))} → "
         f"{_f(last.get('teacher_marginal_entropy'))} x log K, "
     )
+
+
+def _or_nan(value: float | None) -> float:
+    """A plotted value: NaN leaves a gap where the window did not report it."""
+    return math.nan if value is None else value
 
 
 def _missing(value: float | None) -> bool:

@@ -335,14 +335,9 @@ class SelfDistillation(nn.Module):
         loss_cls = torch.stack(terms).mean()
         cfg = self.config
         loss = cfg.cls_weight * loss_cls + cfg.patch_weight * loss_patch
-        nan = float("nan")  # no softmax here: the entropy indicators do not apply
-        metrics = {
+        metrics = {  # no softmax here: the prototype-entropy indicators do not apply (absent)
             "loss_ssl_cls": float(loss_cls.detach()),
             "loss_ssl_patch": float(loss_patch.detach()),
-            "teacher_entropy": nan,
-            "teacher_marginal_entropy": nan,
-            "patch_entropy": nan,
-            "patch_marginal_entropy": nan,
             "patch_std": feature_std(t_tokens[:, 1:]),
             "masked_share": float(mask.float().mean()),
         }

@@ -120,15 +120,23 @@ def collapse_reason(
 
     Entropies are in units of log K. Uniform collapse: the teacher's per-sample output is
     (nearly) uniform. Dominant collapse: its batch-mean output concentrates on a few
-    prototypes. Feature collapse: the normalised patch features lose their spread.
+    prototypes. Feature collapse: the normalised patch features lose their spread. An
+    indicator the objective does not report (no softmax in masked-feature prediction) is not
+    checked.
     """
     reasons = []
-    if summary["teacher_entropy"] > config.collapse_uniform:
+    if (
+        _present(summary, "teacher_entropy")
+        and summary["teacher_entropy"] > config.collapse_uniform
+    ):
         reasons.append(
             f"teacher entropy {summary['teacher_entropy']:.3f} log K > {config.collapse_uniform}"
             " (uniform outputs)"
         )
-    if summary["teacher_marginal_entropy"] < config.collapse_dominant:
+    if (
+        _present(summary, "teacher_marginal_entropy")
+        and summary["teacher_marginal_entropy"] < config.collapse_dominant
+    ):
         reasons.append(
             f"teacher batch-mean entropy {summary['teacher_marginal_entropy']:.3f} log K < "
             f"{config.collapse_dominant} (one prototype for every image)"
@@ -144,10 +152,16 @@ def collapse_reason(
 def describe_indicators(summary: dict[str, float], prototypes: int) -> str:
     """One log line of the SSL losses and collapse indicators."""
     losses = f"ssl cls {summary['loss_ssl_cls']:.3f}, patch {summary['loss_ssl_patch']:.3f} | "
-    if math.isnan(summary["teacher_entropy"]):  # masked-feature prediction: no softmax
+    if not _present(summary, "teacher_entropy"):  # masked-feature prediction: no softmax
         return f"{losses}patch std {summary['patch_std']:.4f}"
     return (
         f"{losses}teacher entropy {summary['teacher_entropy']:.3f} (batch-mean "
         f"{summary['teacher_marginal_entropy']:.3f}) x log K={math.log(prototypes):.2f}, "
         f"patch entropy {summary['patch_entropy']:.3f}, patch std {summary['patch_std']:.4f}"
     )
+
+
+def _present(summary: dict[str, float], key: str) -> bool:
+    """Whether the window reported `key` (older records wrote an absent indicator as NaN)."""
+    value = summary.get(key)
+    return value is not None and not math.isnan(value)

@@ -674,9 +674,13 @@ def load_checkpoint(
 
 
 def _summary(window: list[dict[str, float]], step: int, batch: int) -> dict[str, float]:
-    """Mean of a log window's metrics, plus throughput over it."""
-    keys = [k for k in window[0] if k != "seconds"]
-    out = {k: float(np.mean([m[k] for m in window])) for k in keys}
+    """Mean of a log window's metrics, plus throughput over it.
+
+    A metric is averaged over the steps that reported it: one that does not apply to the run
+    (the prototype entropies of masked-feature prediction) is absent, never NaN.
+    """
+    keys = dict.fromkeys(k for m in window for k in m if k != "seconds")
+    out = {k: float(np.mean([m[k] for m in window if k in m])) for k in keys}
     seconds = sum(m["seconds"] for m in window)
     out.update(step=step, images_per_s=len(window) * batch / seconds, chance=math.log(batch))
     return out
