@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -491,6 +492,14 @@ def test_cli_unlabeled_stop_and_resume(
     assert "zero-shot: not measured" in out and str(tmp_path / "bb") in out
     record = json.loads((tmp_path / "bb" / "pretrain.json").read_text())
     assert record["config"]["lock_text"] and record["config"]["ssl"]["prototypes"] == 32
+    labelled = generate_dataset(
+        tmp_path / "zs", counts={"good": 4, "particle": 4, "scratch": 4}, seed=64, size=64
+    )
+    again = [*args[:-4], "--work-dir", str(tmp_path / "w2"), "--out", str(tmp_path / "bb2")]
+    assert main([*again, "--zeroshot-data", str(labelled)]) == 0
+    out = capsys.readouterr().out
+    zero_shot = re.search(r"zero-shot: accuracy (\S+), patch AUROC (\S+)", out)
+    assert zero_shot and all(re.fullmatch(r"\d\.\d{3}", v) for v in zero_shot.groups()), out
 
 
 # ------------------------------------------------------------------------------ evaluation

@@ -447,16 +447,24 @@ def run_pretrain(args: argparse.Namespace) -> int:
     if zs is None:
         print("zero-shot: not measured (no labelled data: pass --data or --zeroshot-data)")
     else:
-        print(f"zero-shot: accuracy {zs.get('accuracy')}, patch AUROC {zs.get('patch_auroc')}")
+        print(
+            f"zero-shot: accuracy {_f3(zs.get('accuracy'))}, "
+            f"patch AUROC {_f3(zs.get('patch_auroc'))}"
+        )
     if result.probe:
         print(
-            f"feature probes: kNN patch AUROC {result.probe['knn_patch_auroc']}, V-V "
-            f"{result.probe['knn_patch_auroc_vv']}, [CLS] linear probe "
-            f"{result.probe['cls_linear_accuracy']}"
+            f"feature probes: kNN patch AUROC {_f3(result.probe['knn_patch_auroc'])}, V-V "
+            f"{_f3(result.probe['knn_patch_auroc_vv'])}, [CLS] linear probe "
+            f"{_f3(result.probe['cls_linear_accuracy'])}"
         )
     print(f"backbone: {LOCAL_DIR_PREFIX}{result.backbone_dir}")
     print(result.backbone_dir)
     return 0
+
+
+def _f3(value: float | None) -> str:
+    """A summary figure as a person reads it (the model card and pretrain.json keep all digits)."""
+    return "n/a" if value is None or value != value else f"{value:.3f}"
 
 
 def _endpoint(args: argparse.Namespace) -> str | None:
