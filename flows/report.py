@@ -45,6 +45,7 @@ def yield_report(
         lots=tuple(lots or ()),
         wafers=tuple(wafers or ()),
         nights=nights or settings.report_nights,
+        standard_nights=settings.report_nights,
         review_margin=settings.review_margin,  # the review loop's setting
         class_codes=known_class_codes(load_class_codes(None, settings.class_codes)),
     )
@@ -54,6 +55,8 @@ def yield_report(
     )
     if result.random_backbone:
         logger.warning("yield report %s: rows of a RANDOM-WEIGHT BACKBONE", result.label)
+    for what in result.unmatched:
+        logger.warning("yield report %s: no rows for %s in these dates", result.label, what)
     logger.info("yield report %s: %d rows, %s", result.label, result.rows, result.uris[-1])
     files = "\n".join(f"- `{uri}`" for uri in result.uris)
     create_markdown_artifact(

@@ -27,6 +27,7 @@ class ReportResult:
     uris: list[str]
     rows: int
     random_backbone: bool
+    unmatched: list[str]  # "lot X" / "wafer Y" asked for with no row in the dates
 
 
 @task(name="write_yield_report", cache_policy=NO_CACHE, **IO_RETRIES)
@@ -38,7 +39,12 @@ def write_yield_report(
     written = make_report(fs, root, request, registry)
     report = written.report
     return ReportResult(
-        report.label, report.markdown, written.uris, written.rows, report.random_backbone
+        report.label,
+        report.markdown,
+        written.uris,
+        written.rows,
+        report.random_backbone,
+        written.unmatched,
     )
 
 

@@ -205,7 +205,7 @@ def test_report_filters_lots_and_wafers(seeded: BucketCase) -> None:
 
 @pytest.mark.slow
 def test_report_writes_markdown_and_pngs_with_the_banner(seeded: BucketCase) -> None:
-    request = ReportRequest(NIGHTS[1], NIGHTS[2], nights=3, review_margin=0.2)
+    request = ReportRequest(NIGHTS[1], NIGHTS[2], nights=3, standard_nights=3, review_margin=0.2)
     data = gather(
         seeded.fs, seeded.root, request, random_backbone=lambda name, version: version == "1"
     )
@@ -240,6 +240,54 @@ def test_report_writes_markdown_and_pngs_with_the_banner(seeded: BucketCase) -> 
     assert seeded.fs.find(f"{seeded.root}/_staging/reports") == []  # nothing staged is left
     pretrained = render(gather(seeded.fs, seeded.root, request, random_backbone=lambda n, v: False))
     assert "RANDOM" not in pretrained.markdown
+
+
+@pytest.mark.slow
+def test_a_narrowed_report_never_replaces_the_standard_one(seeded: BucketCase) -> None:
+    """A hand-run report for some lots, some wafers or another trend window goes to a folder of
+    its own; the date's standard report (the nightly's) keeps every file, byte for byte."""
+    fs, root = seeded.fs, seeded.root
+    standard = ReportRequest(NIGHTS[2], NIGHTS[2])
+    write_report(fs, root, render(gather(fs, root, standard)))
+    folder = report_folder(root, "2026-11-03")
+    before = {p: fs.cat_file(p) for p in fs.find(folder)}
+    assert len(before) > 2  # report.md and its PNGs
+    narrowed = [
+        replace(standard, lots=("L1", "NOPE")),
+        replace(standard, wafers=("L2/W05",)),
+        replace(standard, nights=3),
+    ]
+    labels = [r.label for r in narrowed]
+    assert labels == ["2026-11-03_lots=L1+NOPE", "2026-11-03_wafers=L2-W05", "2026-11-03_nights=3"]
+    for request in narrowed:
+        data = gather(fs, root, request)
+        written = write_report(fs, root, render(data))
+        assert written[-1].endswith(f"reports/date={request.label}/report.md")
+    assert {p: fs.cat_file(p) for p in fs.find(folder)} == before
+    # the lot nobody scanned is said, not an empty section left to be read as "no defects"
+    data = gather(fs, root, narrowed[0])
+    assert data.unmatched_lots == ["NOPE"] and data.unmatched_wafers == []
+    assert "No rows in these dates for lot NOPE" in render(data).markdown
+    each_on_its_own = gather(fs, root, replace(standard, lots=("L1",), wafers=("L2/W05",)))
+    assert each_on_its_own.rows == 0  # L2/W05 is not in L1 ...
+    assert (
+        each_on_its_own.unmatched_lots == each_on_its_own.unmatched_wafers == []
+    )  # ... but both exist
+    missing = gather(fs, root, replace(standard, wafers=("L9/W01", "W05")))
+    assert missing.unmatched_wafers == ["L9/W01"]
+
+
+def test_report_labels_name_what_narrows_them() -> None:
+    day = dt.date(2026, 11, 3)
+    assert ReportRequest(day, day).label == "2026-11-03"
+    assert ReportRequest(day, day, nights=14, standard_nights=14).label == "2026-11-03"
+    assert ReportRequest(day, day, nights=14).label == "2026-11-03_nights=14"
+    two = ReportRequest(day - dt.timedelta(days=1), day, lots=("A 1", "B'2"), wafers=("A 1/W3",))
+    assert two.label == "2026-11-02..2026-11-03_lots=A-1+B-2_wafers=A-1-W3"
+    many = ReportRequest(day, day, lots=tuple(f"LOT{i:04d}" for i in range(40)))
+    other = ReportRequest(day, day, lots=tuple(f"LOT{i:04d}" for i in range(41)))
+    assert len(many.label) < 120 and many.label != other.label
+    assert many.label.startswith("2026-11-03_lots=LOT0000+LOT0001+")
 
 
 @pytest.mark.parametrize(

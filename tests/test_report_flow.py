@@ -110,7 +110,8 @@ def test_yield_report_flow_on_s3_for_a_range(
 
     result = yield_report(dates=f"{kit.RUN_DATE}..{next_day}", nights=2)
 
-    label = f"{kit.RUN_DATE}..{next_day}"
+    dates = f"{kit.RUN_DATE}..{next_day}"
+    label = f"{dates}_nights=2"  # not the standard 7-night trend: a report of its own
     assert result.rows == 5 and result.random_backbone
     assert result.uris[-1] == f"{url}/reports/date={label}/report.md"
     fs.invalidate_cache()
@@ -119,10 +120,14 @@ def test_yield_report_flow_on_s3_for_a_range(
 
     # the CLI gives the same Markdown, from the same bucket (S3 through its own filesystem)
     out = tmp_path / "copy"
-    code = main(["report", "--dates", label, "--nights", "2", "--copy-to", str(out)])
+    code = main(["report", "--dates", dates, "--nights", "2", "--copy-to", str(out)])
     assert code == 0
     assert (out / "report.md").read_text() == result.markdown
     assert "RANDOM-WEIGHT BACKBONE" in capsys.readouterr().out
+    assert main(["report", "--dates", dates, "--lots", "NOPE"]) == 0
+    printed = capsys.readouterr().out
+    assert f"WARNING: no rows for lot NOPE in {dates}" in printed
+    assert f"reports/date={dates}_lots=NOPE/report.md" in printed
     assert main(["report", "--date", "2026-13-01"]) == 2
 
 

@@ -29,7 +29,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--wafers", default="", help="comma-separated wafer ids or LOT/WAFER (default: all)"
     )
     parser.add_argument(
-        "--nights", type=int, default=7, help="nights in the density trend (default 7)"
+        "--nights",
+        type=int,
+        default=None,
+        help="nights in the density trend (default SEMCLIP_REPORT_NIGHTS, 7: the nightly's; "
+        "another value writes a report of its own, reports/date=<D>_nights=N/)",
     )
     parser.add_argument(
         "--review-margin",
@@ -60,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
         last,
         lots=_split(args.lots),
         wafers=_split(args.wafers),
-        nights=args.nights,
+        nights=args.nights or settings.report_nights,
+        standard_nights=settings.report_nights,
         review_margin=margin,
         class_codes=known_class_codes(load_class_codes(None, settings.class_codes)),
     )
@@ -68,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
     written = make_report(fs, root, request, Registry.from_settings(settings))
     if written.report.random_backbone:
         print("WARNING: RANDOM-WEIGHT BACKBONE rows: this report is a plumbing check")
+    for what in written.unmatched:
+        print(f"WARNING: no rows for {what} in {first}..{last} (a typo, or not scanned?)")
     print(f"report {request.label}: {written.rows} current rows, {len(written.uris)} files")
     print(f"  {written.markdown_uri}")
     if args.copy_to:

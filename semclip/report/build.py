@@ -22,6 +22,7 @@ class WrittenReport:
     report: Report
     uris: list[str]  # every file written, report.md last
     rows: int  # current rows the report covers
+    unmatched: list[str]  # "lot X" / "wafer Y" asked for with no row in the dates
 
     @property
     def markdown_uri(self) -> str:
@@ -41,4 +42,8 @@ def make_report(
     champion = (ref.name, ref.version) if ref is not None else None
     data = gather(fs, root, request, champion=champion, random_backbone=registry_lookup(registry))
     report = render(data)
-    return WrittenReport(report, write_report(fs, root, report), data.rows)
+    unmatched = [
+        *(f"lot {lot}" for lot in data.unmatched_lots),
+        *(f"wafer {wafer}" for wafer in data.unmatched_wafers),
+    ]
+    return WrittenReport(report, write_report(fs, root, report), data.rows, unmatched)

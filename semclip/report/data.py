@@ -9,6 +9,8 @@ report and a user's own DuckDB session agree to the row.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,6 +70,9 @@ class ReportRequest:
     # KLARF CLASSNUMBERs the class-code map knows (known_class_codes); None: no map, no
     # "unknown_klarf_code" reason. The same map as review export, so both count alike.
     class_codes: frozenset[int] | None = None
+    # The trend window of the standard report (SEMCLIP_REPORT_NIGHTS, what the nightly uses):
+    # a report with another window is another report, and gets its own name.
+    standard_nights: int = 7
 
     def __post_init__(self) -> None:
         if self.first_date > self.last_date:
@@ -77,10 +82,26 @@ class ReportRequest:
 
     @property
     def label(self) -> str:
-        """``2026-11-01`` or ``2026-11-01..2026-11-07``: the report's name and its folder's."""
+        """The report's name and its folder's: ``2026-11-01`` or ``2026-11-01..2026-11-07``,
+        then ``_lots=…``, ``_wafers=…``, ``_nights=N`` for what narrows or widens it.
+
+        Only the standard report of a date (all lots and wafers, the standard trend window)
+        has the bare date, the name the nightly writes, so a hand-run report for one lot or
+        with a longer trend never replaces the nightly's. Ids are kept readable: characters
+        outside ``[A-Za-z0-9._-]`` become ``-`` (``LOT/WAFER`` → ``LOT-WAFER``), and a list
+        too long for a folder name is shortened to its first ids plus a digest of all.
+        """
         if self.first_date == self.last_date:
-            return self.first_date.isoformat()
-        return f"{self.first_date.isoformat()}..{self.last_date.isoformat()}"
+            name = self.first_date.isoformat()
+        else:
+            name = f"{self.first_date.isoformat()}..{self.last_date.isoformat()}"
+        if self.lots:
+            name += f"_lots={_slug(self.lots)}"
+        if self.wafers:
+            name += f"_wafers={_slug(self.wafers)}"
+        if self.nights != self.standard_nights:
+            name += f"_nights={self.nights}"
+        return name
 
     def dates_read(self) -> list[dt.date]:
         """The range and the trend's window: every partition the report reads."""
@@ -102,6 +123,8 @@ class ReportData:
     review: list[dict[str, Any]]
     wafer_points: list[dict[str, Any]]
     random_versions: list[str] = field(default_factory=list)  # "name vN" of random backbones
+    unmatched_lots: list[str] = field(default_factory=list)  # asked for, no row in the range
+    unmatched_wafers: list[str] = field(default_factory=list)
 
     @property
     def needs_review(self) -> int:
@@ -123,6 +146,7 @@ def gather(
     rows themselves do not record it. Those versions go to ``random_versions`` (the banner).
     """
     con = connect(fs, root, request.dates_read(), champion=champion)
+    unmatched = _unmatched(con, request)  # each id on its own, before the filter narrows
     _restrict(con, request.lots, request.wafers)
     register_report_views(con)
     span = [request.first_date, request.last_date]
@@ -156,6 +180,8 @@ def gather(
         random_versions=[
             f"{n} v{v}" for n, v in versions if random_backbone and random_backbone(n, v)
         ],
+        unmatched_lots=unmatched[0],
+        unmatched_wafers=unmatched[1],
     )
 
 
@@ -174,6 +200,39 @@ def registry_lookup(registry: Any) -> Callable[[str, str], bool]:
             return True
 
     return lookup
+
+
+_SLUG_CHARS = 60  # the longest id list a folder name spells out in full
+
+
+def _slug(ids: Sequence[str]) -> str:
+    """Ids joined by ``+`` for a folder name (see ``ReportRequest.label``)."""
+    text = "+".join(re.sub(r"[^A-Za-z0-9._-]", "-", i) for i in ids)
+    if len(text) <= _SLUG_CHARS:
+        return text
+    digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:8]
+    return f"{text[:_SLUG_CHARS].rstrip('+')}+{len(ids)}ids-{digest}"
+
+
+def _unmatched(
+    con: duckdb.DuckDBPyConnection, request: ReportRequest
+) -> tuple[list[str], list[str]]:
+    """The lots and wafers asked for that no current row of the range has (a typo, or a lot
+    that was not scanned): said in the report, never a silent empty section."""
+    in_range = 'SELECT 1 FROM predictions WHERE "date" BETWEEN ? AND ? AND '
+    span = [request.first_date, request.last_date]
+
+    def found(condition: str, *values: str) -> bool:
+        return bool(_fetch(con, f"{in_range}{condition} LIMIT 1", [*span, *values], tuples=True))
+
+    return (
+        [lot for lot in request.lots if not found("lot_id = ?", lot)],
+        [
+            wafer
+            for wafer in request.wafers
+            if not found("(wafer_id = ? OR lot_id || '/' || wafer_id = ?)", wafer, wafer)
+        ],
+    )
 
 
 def _restrict(con: duckdb.DuckDBPyConnection, lots: Sequence[str], wafers: Sequence[str]) -> None:
