@@ -162,11 +162,13 @@ class SemclipModel:
         config = config or FitConfig()
         config.check()
         databar = databar or DatabarCrop()
-        items = support_items(support)
+        preprocess = Preprocess(backbone.image_size, backbone.mean, backbone.std, databar)
+        support_classes(support_items(support))  # labels first: nothing decoded for a bad set
+        decoded = decode_support(support_items(support), preprocess)
+        items = decoded.items
         classes = support_classes(items)
         prompts = prompts or load_prompts()
         device = next(backbone.model.parameters()).device
-        preprocess = Preprocess(backbone.image_size, backbone.mean, backbone.std, databar)
         text = text_prototypes(
             backbone.model, backbone.tokenizer, prompts, classes, generic=config.generic_prompts
         ).to(device)
@@ -180,7 +182,7 @@ class SemclipModel:
             config,  # type: ignore[arg-type]
             name=name,
         )
-        tensors, hashes = model._support_tensors(items, progress, cache)
+        tensors, hashes = model._support_tensors(decoded, progress, cache)
         proj = backbone.model.visual.proj.detach().float()
         good = model.good_index
         clip_classes = model._clip_classes(config)
@@ -198,6 +200,9 @@ class SemclipModel:
             calibration = replace(calibration, tau=tau)
         model.calibration = calibration
         model.lineage = fit_lineage(items, hashes, config, backbone, time.perf_counter() - started)
+        model.lineage["skipped_shots"] = [
+            {"uri": uri, "reason": reason} for uri, reason in decoded.skipped
+        ]
         model.lineage["training"] = {
             "steps": len(history),
             "last": history[-1] if history else None,
@@ -219,27 +224,20 @@ class SemclipModel:
         return model
 
     def _support_tensors(
-        self, items: list[SupportItem], progress: Progress | None, cache: FeatureCache | None
+        self, decoded: DecodedSupport, progress: Progress | None, cache: FeatureCache | None
     ) -> tuple[SupportTensors, list[str | None]]:
         """Run the backbone once per support image and augmentation; cache what training needs.
 
         Returns the tensors and each image's sha256 (for the lineage).
         """
         n_aug = N_DIHEDRAL if self.fit_config.augment else 1
+        items, hashes, has_mask = decoded.items, list(decoded.hashes), decoded.has_mask
+        labels = [self.classes.index(item.label) for item in items]
+        groups = [
+            item.group if item.group is not None else f"image-{i}" for i, item in enumerate(items)
+        ]
+        stack, mask_stack = decoded.images, decoded.masks  # (n, 3, S, S), (n, S, S)
         size = self.preprocess.image_size
-        images, masks, has_mask, labels, groups, hashes = [], [], [], [], [], []
-        for i, item in enumerate(items):
-            loaded = read_image(item.image, name=item.uri)
-            images.append(self.preprocess.image_tensor(loaded.pixels))
-            mask = _support_mask(item, loaded)
-            has_mask.append(mask is not None)
-            masks.append(
-                self.preprocess.mask_tensor(mask) if mask is not None else torch.zeros(size, size)
-            )
-            labels.append(self.classes.index(item.label))
-            groups.append(item.group if item.group is not None else f"image-{i}")
-            hashes.append(loaded.sha256)
-        stack, mask_stack = torch.stack(images), torch.stack(masks)  # (n, 3, S, S), (n, S, S)
         batch = auto_batch_size(self.device, self.fit_config.feature_batch_size, size)
         feats, targets, image_index, aug_index = [], [], [], []
         for sl in batches(len(items), batch):
@@ -598,6 +596,58 @@ def support_items(support: Dataset | Sequence[SupportItem]) -> list[SupportItem]
             SupportItem(s.image, s.label, s.mask, s.group, str(s.image)) for s in support.samples
         ]
     return list(support)
+
+
+@dataclass(frozen=True)
+class DecodedSupport:
+    """The support images that could be read, as model inputs, and those that could not."""
+
+    items: list[SupportItem]  # the readable ones, in the order given
+    images: torch.Tensor  # (n, 3, S, S) model inputs
+    masks: torch.Tensor  # (n, S, S) defect masks at the input size (zeros where unknown)
+    has_mask: list[bool]  # False: a defect shot without a mask (trains the classifier only)
+    hashes: list[str | None]  # each image's sha256 (the lineage)
+    skipped: list[tuple[str, str]]  # (image, why) of shots left out
+
+
+def decode_support(items: list[SupportItem], preprocess: Preprocess) -> DecodedSupport:
+    """Decode every support image and mask once; leave out, and name, the ones that fail.
+
+    A shot is precious but one unreadable file (empty, truncated, not an image, a mask of
+    another size or that cannot be decoded) must not cost the fit of every other: it is left
+    out with a warning naming the file and the reason, and the lineage lists it
+    (`skipped_shots`). A class whose every shot was left out is an error naming its files,
+    since a fit without it would silently drop a class the engineer confirmed.
+    """
+    size = preprocess.image_size
+    kept: list[SupportItem] = []
+    images, masks, has_mask, hashes = [], [], [], []
+    skipped: list[tuple[str, str]] = []
+    for i, item in enumerate(items):
+        name = item.uri or _default_uri(item.image, i)
+        try:
+            loaded = read_image(item.image, name=item.uri)
+            tensor = preprocess.image_tensor(loaded.pixels)
+            mask = _support_mask(item, loaded)
+            mask_tensor = preprocess.mask_tensor(mask) if mask is not None else None
+        except (ImageReadError, ValueError) as exc:
+            log.warning("support shot left out of the fit: %s (%s)", name, exc)
+            skipped.append((name, str(exc)))
+            continue
+        kept.append(item)
+        images.append(tensor)
+        has_mask.append(mask_tensor is not None)
+        masks.append(mask_tensor if mask_tensor is not None else torch.zeros(size, size))
+        hashes.append(loaded.sha256)
+    lost = sorted({item.label for item in items} - {item.label for item in kept})
+    if lost:
+        names = "; ".join(f"{uri}: {why}" for uri, why in skipped)
+        raise ValueError(
+            f"every support image of class {', '.join(map(repr, lost))} is unreadable ({names})"
+        )
+    if not kept:
+        raise ValueError("the support set has no readable image")
+    return DecodedSupport(kept, torch.stack(images), torch.stack(masks), has_mask, hashes, skipped)
 
 
 def support_classes(items: list[SupportItem]) -> tuple[str, ...]:

@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     from semclip.backbone import BackboneError
     from semclip.cli.common import quiet_third_party_logs
     from semclip.data import DatasetError
+    from semclip.data.images import ImageReadError
 
     if not args.verbose:
         quiet_third_party_logs()
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     except (
         BackboneError,
         DatasetError,
+        ImageReadError,  # one named file the command could not leave out
         IncompatibleModelError,
         FileNotFoundError,
         ValueError,

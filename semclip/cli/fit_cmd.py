@@ -92,4 +92,9 @@ def run(args: argparse.Namespace) -> int:
         f"  support: {counts}; tau={model.calibration.tau:.3f} "
         f"alpha={model.calibration.alpha:.2f} ({model.calibration.method})"
     )
+    skipped = model.lineage.get("skipped_shots") or []
+    if skipped:
+        print(f"WARNING: {len(skipped)} support image(s) left out of the fit (see the lineage):")
+        for shot in skipped:
+            print(f"  {shot['uri']}: {shot['reason']}")
     return 0

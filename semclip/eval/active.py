@@ -32,6 +32,8 @@ from semclip.backbone import Backbone
 from semclip.config import FitConfig
 from semclip.data.databar import DatabarCrop
 from semclip.data.dataset import Dataset, Sample
+from semclip.data.images import ImageReadError, read_image
+from semclip.data.masks import read_mask
 from semclip.feature_cache import FeatureCache
 from semclip.features import Preprocess
 from semclip.metrics import classification_metrics
@@ -73,6 +75,7 @@ class ActiveLearningResult:
     n_pool: int
     curves: dict[str, dict[int, list[dict[str, float]]]]  # arm → seed → per-round metrics
     picked: dict[str, dict[int, dict[str, int]]]  # arm → seed → labels confirmed (counts)
+    unreadable: list[str] = field(default_factory=list)  # "path: reason" of images left out
 
     def final(self, arm: str, metric: str) -> list[float]:
         """``metric`` after the last round, one value per seed."""
@@ -111,6 +114,13 @@ class ActiveLearningResult:
             f"({c['initial_per_class']}/class to start, then {c['rounds']} rounds of "
             f"{c['budget']}); pool {self.n_pool}, test {self.n_test} images.",
             "",
+            *(
+                [f"{len(self.unreadable)} unreadable image(s) left out:"]
+                + [f"- {entry}" for entry in self.unreadable]
+                + [""]
+                if self.unreadable
+                else []
+            ),
             "| round | confirmed | review acc | random acc | review F1 | random F1 |",
             "|---|---|---|---|---|---|",
         ]
@@ -152,6 +162,7 @@ def run_active_learning(
     prompts = prompts or load_prompts()
     preprocess = Preprocess(backbone.image_size, backbone.mean, backbone.std, config.databar)
     cache = FeatureCache(backbone, preprocess, config.fit.n_stages)
+    dataset, unreadable = _readable(dataset)
     classes = dataset.classes
     curves: dict[str, dict[int, list[dict[str, float]]]] = {arm: {} for arm in ARMS}
     picked: dict[str, dict[int, dict[str, int]]] = {arm: {} for arm in ARMS}
@@ -186,7 +197,30 @@ def run_active_learning(
         n_pool=n_pool,
         curves=curves,
         picked=picked,
+        unreadable=unreadable,
     )
+
+
+def _readable(dataset: Dataset) -> tuple[Dataset, list[str]]:
+    """`dataset` without the images (or masks) that cannot be decoded, and why each went.
+
+    Screened once before any split: an unreadable image drawn as a shot would end the run,
+    and one in the test part would count as a wrong prediction of every arm.
+    """
+    kept, unreadable = [], []
+    for sample in dataset.samples:
+        try:
+            image = read_image(sample.image, name=str(sample.image))
+            if sample.mask is not None:
+                read_mask(sample.mask, image.pixels.shape)
+        except (ImageReadError, ValueError) as exc:
+            log.warning("left out of the active-learning run: %s", exc)
+            unreadable.append(f"{sample.image}: {exc}")
+            continue
+        kept.append(sample)
+    if not kept:
+        raise ValueError(f"no readable image in data set '{dataset.root}'")
+    return Dataset(dataset.root, tuple(kept)), unreadable
 
 
 def _fitter(

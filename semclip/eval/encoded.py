@@ -93,8 +93,9 @@ def encode_dataset(
 ) -> EncodedSet:
     """Read every image, run the backbone where the cache misses, read every mask.
 
-    An image that cannot be decoded (or that the databar crop would empty) is left out with its
-    reason; a mask that does not fit its image is an error (validate_masks reports them all).
+    An image that cannot be decoded (or that the databar crop would empty), or whose mask
+    cannot be, is left out with its reason; a mask that does not fit its image is an error
+    (validate_masks reports them all, before anything is encoded).
     """
     samples: list[Sample] = []
     parts: list[Features] = []
@@ -109,12 +110,17 @@ def encode_dataset(
         for sample in dataset.samples[sl]:
             try:
                 image = read_image(sample.image, name=str(sample.image))
-                tensors.append(preprocess.image_tensor(image.pixels))
+                tensor = preprocess.image_tensor(image.pixels)
+                # validate_masks checked every mask's size from its header; a mask whose
+                # pixels cannot be decoded (truncated) leaves its image out, named, like an
+                # unreadable image, instead of ending the evaluation
+                shape = image.pixels.shape
+                mask = read_mask(sample.mask, shape) if sample.mask is not None else None
             except (ImageReadError, ValueError) as exc:
                 log.warning("left out of the evaluation: %s", exc)
                 unreadable.append(f"{sample.image}: {exc}")
                 continue
-            mask = read_mask(sample.mask, image.pixels.shape) if sample.mask is not None else None
+            tensors.append(tensor)
             samples.append(sample)
             keys.append(entry_key(image.sha256, 0, image.page))
             hashes.append(str(image.sha256))

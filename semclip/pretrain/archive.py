@@ -19,10 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from semclip.backbone import file_sha256
-from semclip.data import DatabarCrop, load_dataset, read_image, read_mask
+from semclip.data import DatabarCrop, load_dataset, read_image, read_mask, validate_masks
 from semclip.data.dataset import GOOD, MANIFEST
+from semclip.data.images import ImageReadError
 from semclip.pretrain.config import SynthArchiveConfig
 from semclip.synth import LABELS, generate_dataset
 from semclip.synth.styles import heldout_only_patterns, resolve_styles
@@ -57,6 +59,7 @@ class Archive:
     source: dict  # for the model card: manifest folder or synthetic generator settings
     excluded: tuple[str, ...]  # classes left out on request
     dropped: dict[str, int]  # images removed per excluded class (0 if none were there)
+    unreadable: tuple[str, ...] = ()  # "path: reason" of images (or masks) left out
 
     def __len__(self) -> int:
         return len(self.items)
@@ -178,10 +181,23 @@ def load_archive(
     if unknown:
         log.warning("excluded classes %s are not in the archive %s", unknown, dataset.root)
     dropped = {c: sum(s.label == c for s in dataset.samples) for c in excluded}
+    validate_masks(dataset)  # a mask of another size is a labelling error: refused, all listed
+    kept, unreadable = [], []
+    for s in tqdm(
+        [s for s in dataset.samples if s.label not in excluded],
+        desc="check archive",
+        unit="img",
+        disable=len(dataset) < 500,
+    ):
+        reason = _unreadable(s.image, s.mask)
+        if reason is not None:
+            log.warning("left out of the archive: %s", reason)
+            unreadable.append(reason)
+            continue
+        kept.append(s)
     items = tuple(
         ArchiveItem(s.image, s.label, s.mask, file_sha256(s.image), meta.get(s.row, {}))
-        for s in dataset.samples
-        if s.label not in excluded
+        for s in kept
     )
     labels = {item.label for item in items}
     if GOOD not in labels or len(labels) < 2:
@@ -191,7 +207,24 @@ def load_archive(
         )
     classes = (GOOD, *sorted(labels - {GOOD}))
     source = _describe_source(dataset.root)
-    return Archive(dataset.root, items, classes, databar, source, excluded, dropped)
+    return Archive(
+        dataset.root, items, classes, databar, source, excluded, dropped, tuple(unreadable)
+    )
+
+
+def _unreadable(image: Path, mask: Path | None) -> str | None:
+    """Why an archive image (or its mask) cannot be decoded, or None.
+
+    Checked once when the archive is read: training decodes per batch when the archive does
+    not fit in memory, and one corrupt file must not end a run hours in, nor cost the rest.
+    """
+    try:
+        loaded = read_image(image)
+        if mask is not None:
+            read_mask(mask, expected_shape=loaded.pixels.shape)
+    except (ImageReadError, ValueError) as exc:
+        return f"{image}: {exc}"
+    return None
 
 
 def load_stored(item: ArchiveItem, databar: DatabarCrop, size: int) -> tuple[torch.Tensor, ...]:

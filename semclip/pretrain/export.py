@@ -120,6 +120,7 @@ def _record(
             "classes": list(archive.classes),
             "excluded_classes": list(archive.excluded),
             "excluded_images": archive.dropped,
+            "unreadable_images": list(archive.unreadable),
             "images": len(archive),
             "train": split_counts["train"],
             "val": split_counts["val"],
@@ -357,10 +358,22 @@ def _data_lines(record: dict[str, Any]) -> list[str]:
     else:
         origin = f"manifest folder `{source.get('folder')}`"
     excluded = ", ".join(data["excluded_classes"]) or "none"
+    unreadable = data.get("unreadable_images") or []
     return [
         f"- {origin}",
         f"- {data['images']} images, classes: {', '.join(data['classes'])}; "
         f"excluded classes: {excluded}",
+        *(
+            [f"- {len(unreadable)} unreadable image(s) left out:"]
+            + [f"  - {entry}" for entry in unreadable[:20]]
+            + (
+                [f"  - … and {len(unreadable) - 20} more (pretrain.json)"]
+                if len(unreadable) > 20
+                else []
+            )
+            if unreadable
+            else []
+        ),
         f"- train per class: {_counts(data['train'])}",
         f"- validation per class (held out, zero-shot only): {_counts(data['val'])}",
         f"- `{data['seen_images']}`: sha256 of every archive image file (train and validation); "
