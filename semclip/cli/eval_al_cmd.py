@@ -20,6 +20,7 @@ from semclip.cli.common import (
     fill_backbone_defaults,
 )
 from semclip.cli.eval_cmd import check_pretrain_overlap
+from semclip.cli.option_types import positive_int, unit_fraction
 from semclip.config import FitConfig
 from semclip.data import load_dataset
 from semclip.eval.active import ActiveLearningConfig, run_active_learning
@@ -36,23 +37,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--data", required=True, help="data set folder (manifest.csv)")
     parser.add_argument("--out", required=True, help="folder for active_learning.{json,md}")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
-    parser.add_argument("--rounds", type=int, default=2, help="review rounds (default 2)")
+    parser.add_argument("--seeds", type=positive_int, default=3, help="seeds 0..N-1 (default 3)")
+    parser.add_argument("--rounds", type=positive_int, default=2, help="review rounds (default 2)")
     parser.add_argument(
-        "--budget", type=int, default=10, help="images confirmed per round and arm (default 10)"
+        "--budget",
+        type=positive_int,
+        default=10,
+        help="images confirmed per round and arm (default 10)",
     )
     parser.add_argument(
-        "--initial", type=int, default=1, help="first support per class (default 1)"
+        "--initial", type=positive_int, default=1, help="first support per class (default 1)"
     )
     parser.add_argument(
-        "--test-fraction", type=float, default=0.4, help="share of each class scored (0.4)"
+        "--test-fraction", type=unit_fraction, default=0.4, help="share of each class scored (0.4)"
     )
     parser.add_argument(
-        "--margin", type=float, default=None, help="review margin (default SEMCLIP_REVIEW_MARGIN)"
+        "--margin",
+        type=unit_fraction,
+        default=None,
+        help="review margin (default SEMCLIP_REVIEW_MARGIN)",
     )
     parser.add_argument("--no-augment", action="store_true", help="fit without the 8 flips")
     parser.add_argument(
-        "--max-steps", type=int, default=None, help="cap on optimiser steps per fit"
+        "--max-steps", type=positive_int, default=None, help="cap on optimiser steps per fit"
     )
     add_databar_options(parser)
     add_backbone_options(parser)

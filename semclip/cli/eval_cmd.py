@@ -20,6 +20,7 @@ from semclip.cli.common import (
     databar_for,
     fill_backbone_defaults,
 )
+from semclip.cli.option_types import positive_int
 from semclip.config import FitConfig
 from semclip.data import Dataset, load_dataset
 from semclip.eval import ORDER, EvalConfig, resolve_methods, run_evaluation, write_report
@@ -67,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--shots", type=parse_shots, default=(1, 2, 5, 10), help="k values (default 1,2,5,10)"
     )
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
+    parser.add_argument("--seeds", type=positive_int, default=3, help="seeds 0..N-1 (default 3)")
     parser.add_argument(
         "--method",
         type=parse_methods,
@@ -78,7 +79,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_fit_options(parser)
     parser.add_argument("--prompts", default=None, help="prompt YAML (default: packaged)")
     parser.add_argument("--no-augment", action="store_true", help="fit without the 8 flips")
-    parser.add_argument("--batch-size", type=int, default=16, help="images per batch (16)")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="images per batch (16)")
     parser.add_argument(
         "--cache-dir",
         default=None,

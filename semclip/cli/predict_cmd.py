@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 from semclip.artifact import load_model
 from semclip.cli.commands import summary
 from semclip.cli.common import progress_bar
+from semclip.cli.option_types import non_negative_int, positive_float, positive_int
 from semclip.config import PredictConfig
 from semclip.io.schema import records_to_table
 from semclip.model import SemclipModel
@@ -37,20 +38,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", required=True, help="Parquet file to write")
     parser.add_argument(
-        "--batch-size", type=int, default=None, help="images per batch (default: the model's)"
+        "--batch-size",
+        type=positive_int,
+        default=None,
+        help="images per batch (default: the model's)",
     )
     parser.add_argument(
         "--pixel-size-nm",
-        type=float,
+        type=positive_float,
         default=None,
         help="pixel size, overriding what the files (and the model's defaults) say",
     )
     parser.add_argument(
-        "--tiff-page", type=int, default=None, help="page of multi-page TIFFs (default 0)"
+        "--tiff-page",
+        type=non_negative_int,
+        default=None,
+        help="page of multi-page TIFFs (default 0)",
     )
     parser.add_argument(
         "--max-image-pixels",
-        type=int,
+        type=positive_int,
         default=None,
         help="largest image area decoded; larger images get an error row "
         "(default: the setting max_image_pixels, SEMCLIP_MAX_IMAGE_PIXELS)",

@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 
 from semclip.cli.commands import summary
+from semclip.cli.option_types import positive_int, unit_fraction
 from semclip.settings import get_settings
 
 
@@ -30,14 +31,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--nights",
-        type=int,
+        type=positive_int,
         default=None,
         help="nights in the density trend (default SEMCLIP_REPORT_NIGHTS, 7: the nightly's; "
         "another value writes a report of its own, reports/date=<D>_nights=N/)",
     )
     parser.add_argument(
         "--review-margin",
-        type=float,
+        type=unit_fraction,
         default=None,
         help="count rows whose top-1 minus top-2 probability is below this as 'small_margin' "
         "(default SEMCLIP_REVIEW_MARGIN when set, else not counted)",
