@@ -42,7 +42,7 @@ def test_convert_writes_a_loadable_grouped_manifest(tmp_path: Path) -> None:
     labels[150:, 150:] = 2  # bottom-right tile: patches on a quarter
     _neu(tmp_path / "neu", "training", "000001", labels)
     _neu(tmp_path / "neu", "test", "000002", np.zeros((200, 200), np.uint8))
-    counts = convert_neu_seg(tmp_path / "neu", tmp_path / "out", tiling=NeuTiling())
+    counts = convert_neu_seg(tmp_path / "neu", tmp_path / "out", tiling=NeuTiling()).counts
     # 2 good tiles in image 1 but one kept per image; image 2 gives one good tile.
     assert counts == {"inclusion": 1, "patches": 1, "good": 2}
     rows = list(csv.DictReader((tmp_path / "out" / "manifest.csv").open()))
@@ -60,6 +60,35 @@ def test_cli_names_a_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixtur
     code = main(["convert", "neu-seg", str(tmp_path / "nope"), str(tmp_path / "out")])
     assert code == 2
     assert "no NEU-Seg images under" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # nothing written before the sources are found
+
+
+def test_bad_source_files_are_left_out_named_and_the_rest_converted(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    labels = np.zeros((200, 200), np.uint8)
+    labels[:100, :100] = 1
+    for stem in ("000001", "000002", "000003", "000004", "000005"):
+        _neu(tmp_path / "neu", "training", stem, labels)
+    images = tmp_path / "neu" / "images" / "training"
+    (images / "000002.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    whole = (images / "000003.jpg").read_bytes()
+    (images / "000003.jpg").write_bytes(whole[: len(whole) // 2])
+    (tmp_path / "neu" / "annotations" / "training" / "000004.png").unlink()
+    Image.fromarray(np.zeros((100, 200), np.uint8)).save(
+        tmp_path / "neu" / "annotations" / "training" / "000005.png"
+    )
+    code = main(["convert", "neu-seg", str(tmp_path / "neu"), str(tmp_path / "out"),
+                 "--split", "training"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0 and "WARNING: 4 source image(s) left out" in out
+    for stem, why in (("000002", "cannot read"), ("000003", "cannot read"),
+                      ("000004", "is missing"), ("000005", "100x200 (HxW)")):  # fmt: skip
+        line = next(line for line in out.splitlines() if f"{stem}.jpg" in line)
+        assert why in line, line
+    rows = list(csv.DictReader((tmp_path / "out" / "manifest.csv").open()))
+    assert {r["group"] for r in rows} == {"training-000001"}
+    assert len(list((tmp_path / "out" / "images").iterdir())) == len(rows)  # no stray tiles
 
 
 def test_limit_takes_an_evenly_spaced_subset(tmp_path: Path) -> None:
@@ -68,5 +97,5 @@ def test_limit_takes_an_evenly_spaced_subset(tmp_path: Path) -> None:
         labels = np.zeros((200, 200), np.uint8)
         labels[:100, :100] = 1 + i // 2  # images 0, 1: inclusion; 2, 3: patches
         _neu(tmp_path / "neu", "test", f"{i:06d}", labels)
-    counts = convert_neu_seg(tmp_path / "neu", tmp_path / "out", splits=("test",), limit=2)
+    counts = convert_neu_seg(tmp_path / "neu", tmp_path / "out", splits=("test",), limit=2).counts
     assert counts["inclusion"] == 1 and counts["patches"] == 1

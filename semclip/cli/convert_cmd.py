@@ -52,9 +52,14 @@ def _run_neu(args: argparse.Namespace) -> int:
 
     tiling = NeuTiling(tile=args.tile, min_coverage=args.min_coverage)
     splits = tuple(args.split) if args.split else ("training", "test")
-    counts = convert_neu_seg(args.source, args.out, splits=splits, tiling=tiling, limit=args.limit)
+    result = convert_neu_seg(args.source, args.out, splits=splits, tiling=tiling, limit=args.limit)
+    counts = result.counts
     print(
         f"wrote {sum(counts.values())} tiles to {args.out}: "
         + ", ".join(f"{label} {n}" for label, n in sorted(counts.items()))
     )
+    if result.skipped:
+        print(f"WARNING: {len(result.skipped)} source image(s) left out:")
+        for entry in result.skipped:
+            print(f"  {entry}")
     return 0

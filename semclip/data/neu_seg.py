@@ -44,6 +44,14 @@ class NeuTiling:
     max_good_per_image: int = 1  # good tiles kept per source image (they outnumber defects)
 
 
+@dataclass(frozen=True)
+class NeuConversion:
+    """What a conversion wrote (tiles per label) and the source images it left out, and why."""
+
+    counts: Counter[str]
+    skipped: list[str]  # "path: reason"
+
+
 def convert_neu_seg(
     source: str | Path,
     out: str | Path,
@@ -51,33 +59,41 @@ def convert_neu_seg(
     splits: tuple[str, ...] = SPLITS,
     tiling: NeuTiling | None = None,
     limit: int | None = None,
-) -> Counter[str]:
+) -> NeuConversion:
     """Write `out/manifest.csv` with tiles of NEU-Seg's `splits`; returns the count per label.
 
     `limit` caps the source images read per split, for quick studies: an evenly spaced
     subset of the sorted names (NEU-Seg numbers its images class by class, so the first N
-    would all be one class).
+    would all be one class). A source image that cannot be decoded, whose label image is
+    missing or unreadable, or whose label image has another size is left out, named, and the
+    others are converted; nothing is written when a split has no image at all.
     """
     tiling = tiling or NeuTiling()
     source, out = Path(source), Path(out)
+    listed = {split: sorted((source / "images" / split).glob("*.jpg")) for split in splits}
+    for split, images in listed.items():
+        if not images:
+            raise FileNotFoundError(f"no NEU-Seg images under {source / 'images' / split}")
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, str]] = []
-    for split in splits:
-        images = sorted((source / "images" / split).glob("*.jpg"))
+    skipped: list[str] = []
+    for split, images in listed.items():
         if limit is not None and len(images) > limit:
             images = [images[i * len(images) // limit] for i in range(limit)]
-        if not images:
-            raise FileNotFoundError(f"no NEU-Seg images under {source / 'images' / split}")
         for path in images:
             label_path = source / "annotations" / split / f"{path.stem}.png"
-            if not label_path.is_file():
-                raise FileNotFoundError(f"{path.name}: its label image {label_path} is missing")
-            rows.extend(_tiles(path, label_path, split, out, tiling))
+            try:
+                rows.extend(_tiles(path, label_path, split, out, tiling))
+            except (OSError, ValueError) as exc:  # PIL's decode errors are OSErrors
+                logger.warning("left out of the conversion: %s: %s", path, exc)
+                skipped.append(f"{path}: {exc}")
+    if not rows:
+        raise ValueError(f"no NEU-Seg image under {source} could be converted ({skipped[:3]} …)")
     _write_manifest(out / MANIFEST, rows)
     counts = Counter(row["label"] for row in rows)
     logger.info("NEU-Seg → %s: %d tiles %s", out, len(rows), dict(counts))
-    return counts
+    return NeuConversion(counts, skipped)
 
 
 def tile_label(labels: np.ndarray, min_coverage: float) -> str | None:
@@ -93,10 +109,16 @@ def tile_label(labels: np.ndarray, min_coverage: float) -> str | None:
 def _tiles(
     image_path: Path, label_path: Path, split: str, out: Path, tiling: NeuTiling
 ) -> list[dict[str, str]]:
-    image = np.asarray(Image.open(image_path).convert("L"))
-    labels = np.asarray(Image.open(label_path))
+    """The tiles of one source image, written; reads both files before writing any tile."""
+    if not label_path.is_file():
+        raise FileNotFoundError(f"its label image {label_path} is missing")
+    image = _decode(image_path, "L")
+    labels = _decode(label_path, None)
     if labels.shape != image.shape:
-        raise ValueError(f"{label_path}: size {labels.shape} is not its image's {image.shape}")
+        raise ValueError(
+            f"label image {label_path} is {labels.shape[0]}x{labels.shape[1]} (HxW), "
+            f"its image {image.shape[0]}x{image.shape[1]}"
+        )
     group = f"{split}-{image_path.stem}"
     rows, goods = [], 0
     t = tiling.tile
@@ -117,6 +139,17 @@ def _tiles(
                 {"image": f"images/{name}.png", "label": label, "mask": mask, "group": group}
             )
     return rows
+
+
+def _decode(path: Path, mode: str | None) -> np.ndarray:
+    """All pixels of `path` (a truncated file fails here, not halfway through its tiles)."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return np.asarray(image.convert(mode) if mode else image)
+    except OSError as exc:  # UnidentifiedImageError is one
+        reason = str(exc) or type(exc).__name__
+        raise ValueError(f"cannot read {path}: {reason}") from None
 
 
 def _write_manifest(path: Path, rows: list[dict[str, str]]) -> None:
