@@ -76,6 +76,41 @@ def test_tiff_16bit_uses_tifffile(tmp_path: Path) -> None:
     np.testing.assert_allclose(image.pixels, array / 65535.0, atol=1e-7)
 
 
+def test_12bit_samples_in_a_16bit_file_are_read_as_12bit(tmp_path: Path) -> None:
+    """Many SEM tools write 12-bit detector output into 16-bit TIFFs: / 4095, not / 65535."""
+    twelve = (np.arange(12 * 20) * 17 % 4096).astype(np.uint16).reshape(12, 20)
+    tifffile.imwrite(tmp_path / "t12.tif", twelve)
+    _save_png(tmp_path / "t12.png", twelve)
+    for path in (tmp_path / "t12.tif", tmp_path / "t12.png"):
+        image = read_image(path)
+        assert image.bit_depth == 12
+        np.testing.assert_allclose(image.pixels, twelve / 4095.0, atol=1e-7)
+    # the same scene at 8 bits and at 12 bits reads as the same gray levels
+    eight = _ramp8()
+    as12 = np.round(eight.astype(np.float64) / 255 * 4095).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "s12.tif", as12)
+    np.testing.assert_allclose(
+        read_image(tmp_path / "s12.tif").pixels, eight / 255.0, atol=0.5 / 4095
+    )
+    # one sample above 12 bits: a 16-bit image, scaled as before
+    brighter = twelve.copy()
+    brighter[0, 0] = 4096
+    tifffile.imwrite(tmp_path / "b.tif", brighter)
+    assert read_image(tmp_path / "b.tif").bit_depth == 16
+
+
+def test_a_tiff_that_declares_its_range_is_scaled_by_it(tmp_path: Path) -> None:
+    """MaxSampleValue (tag 281) below 65535: a 14-bit camera, say, gets / 16383."""
+    fourteen = (np.arange(12 * 20) * 61 % 16384).astype(np.uint16).reshape(12, 20)
+    tifffile.imwrite(tmp_path / "t14.tif", fourteen, extratags=[(281, "H", 1, 16383, False)])
+    image = read_image(tmp_path / "t14.tif")
+    assert image.bit_depth == 14
+    np.testing.assert_allclose(image.pixels, fourteen / 16383.0, atol=1e-7)
+    dim = (fourteen // 8).astype(np.uint16)  # declared 14-bit, all below 12 bits: the tag wins
+    tifffile.imwrite(tmp_path / "d14.tif", dim, extratags=[(281, "H", 1, 16383, False)])
+    np.testing.assert_allclose(read_image(tmp_path / "d14.tif").pixels, dim / 16383.0, atol=1e-7)
+
+
 def test_multipage_tiff_selects_page(tmp_path: Path) -> None:
     path = tmp_path / "detectors.tif"
     for value in (1000, 30000, 60000):

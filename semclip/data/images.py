@@ -61,7 +61,8 @@ class LoadedImage:
     """A decoded image in the one format the rest of semclip consumes."""
 
     pixels: np.ndarray  # (H, W) float32 in [0, 1]: 8-bit / 255, 16-bit / 65535, RGB → luma
-    bit_depth: int  # 8 or 16: sample depth as decoded (float input counts as 16)
+    # (12-bit samples in a 16-bit file / 4095, a TIFF's MaxSampleValue / itself: `_scale_of`)
+    bit_depth: int  # 8, 12 or 16 as decoded (float input counts as 16; see `_scale_of`)
     pixel_size_nm: float | None  # from TIFF resolution/description or PNG pHYs; None if absent
     sha256: str | None  # hex digest of the exact input bytes; None for in-memory arrays
     source: str  # path, or the given name, used in every message about this image
@@ -77,6 +78,7 @@ class _Raw:
     pixel_size_nm: float | None
     pixel_size_source: str | None = None  # the format whose metadata gave it
     page: int = 0  # the TIFF page these samples come from; 0 for other formats
+    max_sample: int | None = None  # a TIFF's MaxSampleValue tag below its type's maximum
 
 
 def read_image(
@@ -107,7 +109,7 @@ def read_image(
     label, data = _read_source(source, name)
     raw = _decode_bytes(data, label, page=page, max_pixels=max_pixels)
     try:
-        pixels, depth = _to_gray(raw.array, label)
+        pixels, depth = _to_gray(raw.array, label, raw.max_sample)
     except MemoryError:
         raise ImageReadError(label, _out_of_memory(raw.array.shape[:2], max_pixels)) from None
     return LoadedImage(
@@ -208,7 +210,18 @@ def _decode_tiff(data: bytes, label: str, page: int, max_pixels: int) -> _Raw:
         if tiff_page.planarconfig == 2 and array.ndim == 3:  # SEPARATE: (S, H, W) → (H, W, S)
             array = np.moveaxis(array, 0, -1)
         pixel_size = _tiff_pixel_size(tiff_page) or _tiff_pixel_size(tif.pages[0])
-    return _Raw(_coerce_integer_samples(array, label), pixel_size, "tiff", page)
+        max_sample = _tiff_max_sample(tiff_page)
+    return _Raw(_coerce_integer_samples(array, label), pixel_size, "tiff", page, max_sample)
+
+
+def _tiff_max_sample(page: Any) -> int | None:
+    """The MaxSampleValue tag (281) when it declares fewer than 16 bits' worth, else None."""
+    tag = page.tags.get(281)
+    if tag is None:
+        return None
+    value = tag.value
+    value = int(value[0] if isinstance(value, tuple | list) else value)
+    return value if 0 < value < 65535 else None
 
 
 def _tiff_page(tif: tifffile.TiffFile, page: int, label: str) -> Any:
@@ -287,12 +300,14 @@ def _coerce_integer_samples(array: np.ndarray, label: str) -> np.ndarray:
     return array.astype(np.uint16)
 
 
-def _to_gray(array: np.ndarray, label: str) -> tuple[np.ndarray, int]:
+def _to_gray(
+    array: np.ndarray, label: str, max_sample: int | None = None
+) -> tuple[np.ndarray, int]:
     """Stored samples → ((H, W) float32 in [0, 1], bit depth); RGB(A) → luma, alpha dropped."""
     channels = _split_channels(array, label)
     if channels[0].size == 0:
         raise ImageReadError(label, f"zero-size image (shape {array.shape})")
-    scale, depth = _scale_of(array, label)
+    scale, depth = _scale_of(array, label, max_sample)
     if len(channels) == 1:
         gray = channels[0].astype(np.float32)
     else:
@@ -316,13 +331,27 @@ def _split_channels(array: np.ndarray, label: str) -> list[np.ndarray]:
     raise ImageReadError(label, f"unsupported shape {array.shape}: expected (H, W) or (H, W, 3)")
 
 
-def _scale_of(array: np.ndarray, label: str) -> tuple[float, int]:
-    """Full-scale value and bit depth for a dtype; floats must already lie in [0, 1]."""
+TWELVE_BIT_MAX = 4095
+
+
+def _scale_of(array: np.ndarray, label: str, max_sample: int | None = None) -> tuple[float, int]:
+    """Full-scale value and bit depth for a dtype; floats must already lie in [0, 1].
+
+    16-bit containers: a TIFF that declares its range (MaxSampleValue below 65535) is scaled
+    by it. Without that tag, samples that all fit in 12 bits are read as 12-bit data: many
+    SEM tools write their 12-bit detector output into 16-bit files, and dividing it by 65535
+    would show the model a nearly black image (a 16-bit acquisition whose brightest pixel is
+    below 1/16 of full scale is no usable SEM image either). Anything brighter is 16-bit.
+    """
     if array.dtype == np.bool_:
         return 1.0, 8
     if array.dtype == np.uint8:
         return 255.0, 8
     if array.dtype == np.uint16:
+        if max_sample is not None:
+            return float(max_sample), max(int(max_sample).bit_length(), 1)
+        if int(array.max()) <= TWELVE_BIT_MAX:
+            return float(TWELVE_BIT_MAX), 12
         return 65535.0, 16
     if array.dtype.kind == "f":
         low, high = float(array.min()), float(array.max())
