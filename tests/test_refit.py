@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import io
 import time
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import fsspec
 import numpy as np
 import pytest
+from PIL import Image
 
 from semclip.artifact import load_model
 from semclip.backbone import BackboneError, load_backbone
@@ -452,3 +456,29 @@ def test_demo_seed_gives_each_class_the_gate_minimum_on_the_hold_out(tmp_path: P
         assert sum(s.label == label for s in holdout) == settings.gate_min_holdout_per_class
     groups = {wafer_group(s.image_uri, settings.path_regex) for s in shots}
     assert len(groups) == 4 and None not in groups  # 2 lots x 2 wafers
+
+
+def test_a_confirmed_mask_of_another_size_is_left_out_in_the_common_wording() -> None:
+    """Height x width, as `fit` and `review import` say it (the refit used to say (W, H))."""
+    fs = fsspec.filesystem("memory")
+    root = f"/refit-mask-{uuid.uuid4().hex[:8]}"
+
+    def png(array: np.ndarray) -> bytes:
+        out = io.BytesIO()
+        Image.fromarray(array).save(out, format="PNG")
+        return out.getvalue()
+
+    fs.pipe_file(f"{root}/a.png", png(np.zeros((128, 128), np.uint8)))
+    fs.pipe_file(f"{root}/a_mask.png", png(np.zeros((64, 200), np.uint8)))
+    fs.pipe_file(f"{root}/b.png", png(np.zeros((128, 128), np.uint8)))
+    when = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+    held = load_holdout(
+        fs,
+        [
+            Shot(f"{root}/a.png", "particle", when, f"{root}/a_mask.png"),
+            Shot(f"{root}/b.png", "good", when),
+        ],
+    )
+    assert [s.image_uri for s in held.shots] == [f"{root}/b.png"]
+    (problem,) = held.problems
+    assert "is 64x200 (HxW) but its image is 128x128" in problem

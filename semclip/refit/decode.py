@@ -11,7 +11,7 @@ from fsspec import AbstractFileSystem
 
 from semclip.data.dataset import GOOD
 from semclip.data.images import ImageReadError, read_image, read_raw_array
-from semclip.data.masks import decode_mask
+from semclip.data.masks import MaskError, decode_mask
 from semclip.io.fetch import fetch_bytes
 from semclip.model import SupportItem
 from semclip.refit.shots import Shot, wafer_group
@@ -101,5 +101,5 @@ def _decode_shot(
         raise OSError(f"cannot fetch mask {shot.mask_uri}: {raw}")
     mask = decode_mask(read_raw_array(raw, name=shot.mask_uri))
     if mask.shape != shape:
-        raise ValueError(f"mask {shot.mask_uri} is {mask.shape[::-1]} px, its image {shape[::-1]}")
+        raise MaskError(shot.mask_uri, mask.shape[:2], shape[:2])  # the one wording: HxW
     return image, mask

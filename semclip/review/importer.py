@@ -40,7 +40,7 @@ from PIL import Image
 
 from semclip.data.dataset import GOOD
 from semclip.data.images import ImageReadError, read_image, read_raw_array
-from semclip.data.masks import decode_mask
+from semclip.data.masks import MaskError, decode_mask
 from semclip.io.bucket import resolve_in_bucket
 from semclip.io.confirmed import CONFIRMED_COLUMNS
 from semclip.io.staging import replace_bytes_atomically, staging_path
@@ -199,7 +199,7 @@ def _corrected_mask(
     array = read_raw_array(data, name=value)
     found = (int(array.shape[0]), int(array.shape[1]))
     if found != tuple(shape):
-        raise ValueError(f"mask {value!r} has size {found}, its image {tuple(shape)}")
+        raise MaskError(value, found, (int(shape[0]), int(shape[1])))  # the one wording: HxW
     mask = decode_mask(array)
     if label == GOOD and mask.any():
         raise ValueError(f"label good but mask {value!r} has {int(mask.sum())} defect pixels")
