@@ -14,6 +14,7 @@ from semclip.cli.option_types import (
     positive_float,
     positive_int,
     unit_fraction,
+    version_number,
 )
 
 
@@ -70,3 +71,13 @@ def test_other_commands_refuse_them_too(
         main([*command, option, value])
     assert info.value.code == 2
     assert f"argument {option}" in capsys.readouterr().err
+
+
+def test_promote_takes_a_version_number_not_an_alias(capsys: pytest.CaptureFixture) -> None:
+    assert version_number("3") == version_number("v3") == version_number(" 03 ") == "3"
+    for text in ("abc", "champion", "0", "-2", "3.1", ""):
+        with pytest.raises(argparse.ArgumentTypeError, match="is not a version number"):
+            version_number(text)
+    with pytest.raises(SystemExit) as info:
+        main(["promote", "--version", "abc"])
+    assert info.value.code == 2 and "argument --version" in capsys.readouterr().err

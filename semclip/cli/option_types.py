@@ -45,3 +45,14 @@ def _bounded(text: str, kind: type, low: float | None, words: str) -> Any:
     if not math.isfinite(value) or (low is not None and value < low):
         raise argparse.ArgumentTypeError(f"{text!r} is not {words}")
     return value
+
+
+def version_number(text: str) -> str:
+    """argparse type: a registered model version, ``3`` or ``v3`` → ``"3"`` (not an alias)."""
+    digits = text.strip().removeprefix("v")
+    if not digits.isdigit() or int(digits) < 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a version number (e.g. 3 or v3; aliases such as champion are "
+            "not versions)"
+        )
+    return str(int(digits))

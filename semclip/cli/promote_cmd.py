@@ -18,6 +18,7 @@ import os
 import sys
 
 from semclip.cli.commands import summary
+from semclip.cli.option_types import version_number
 from semclip.registry.refs import CHAMPION  # refs imports no MLflow: `semclip --help` stays fast
 from semclip.settings import get_settings
 
@@ -32,7 +33,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "The MLflow registry is MLFLOW_TRACKING_URI (default sqlite:///$SEMCLIP_HOME/mlflow.db); "
         "the model name SEMCLIP_MODEL_NAME (default semclip-sem).",
     )
-    parser.add_argument("--version", required=True, help="registered version number to promote")
+    parser.add_argument(
+        "--version",
+        required=True,
+        type=version_number,
+        help="registered version number to promote (3, or v3)",
+    )
     parser.add_argument("--alias", default=CHAMPION, help=f"alias to move (default {CHAMPION})")
     parser.add_argument("--name", default=None, help="registered model name (default: setting)")
     parser.add_argument(
