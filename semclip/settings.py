@@ -299,6 +299,31 @@ def get_settings(
         return SemclipSettings(**overrides)
 
 
+def describe_settings_error(exc: Exception) -> str | None:
+    """A bad setting in the words a user set it: ``SEMCLIP_PIXEL_SIZE_NM='-5': must be > 0``.
+
+    pydantic's own text names the field (``pixel_size_nm``) and its URL; people set
+    environment variables or config-file keys, so both names are given. None when `exc` is
+    not a validation error of these settings.
+    """
+    errors = getattr(exc, "errors", None)
+    if getattr(exc, "title", None) != SemclipSettings.__name__ or not callable(errors):
+        return None
+    lines = []
+    for error in errors():
+        field = ".".join(str(part) for part in error.get("loc", ())) or "settings"
+        name = field.split(".")[0]
+        env = _STANDARD_ENV.get(name, f"{ENV_PREFIX}{name.upper()}")
+        given = f"={error['input']!r}" if "input" in error and error["type"] != "missing" else ""
+        where = f"{env}{given} (config key '{field}')" if name in _fields() else f"'{field}'"
+        lines.append(f"{where}: {error.get('msg', 'invalid')}")
+    return "bad setting: " + "; ".join(lines)
+
+
+def _fields() -> set[str]:
+    return set(SemclipSettings.model_fields)
+
+
 def settings_table() -> list[tuple[str, str, str, str]]:
     """``(name, environment variable, default, description)`` per setting, for the README."""
     rows = [

@@ -183,3 +183,17 @@ def test_max_image_pixels_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SEMCLIP_MAX_IMAGE_PIXELS", "0")
     with pytest.raises(ValidationError, match="max_image_pixels"):
         get_settings()
+
+
+def test_a_bad_setting_is_named_as_the_user_set_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """The CLI names the environment variable and the config key, not pydantic's field text,
+    and refuses before any model loads (the model named here does not exist)."""
+    from semclip.cli import main
+
+    monkeypatch.setenv("SEMCLIP_PIXEL_SIZE_NM", "-5")
+    assert main(["predict", "--model", "no-such-model", "--out", "p.parquet", "x.png"]) == 2
+    err = capsys.readouterr().err
+    assert "bad setting: SEMCLIP_PIXEL_SIZE_NM='-5' (config key 'pixel_size_nm')" in err
+    assert "greater than 0" in err and "no-such-model" not in err

@@ -76,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         FileNotFoundError,
         ValueError,
     ) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        from semclip.settings import describe_settings_error
+
+        print(f"error: {describe_settings_error(exc) or exc}", file=sys.stderr)
         return 2
 
 

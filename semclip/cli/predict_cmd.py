@@ -96,6 +96,9 @@ def _load(model: str, device: str | None) -> SemclipModel:
 
 
 def run(args: argparse.Namespace) -> int:
+    from semclip.settings import get_settings
+
+    settings = get_settings()  # a bad SEMCLIP_* setting is refused before the model loads
     images = expand_inputs(args.images)
     if not images:
         log.error("no images found in %s", args.images)
@@ -110,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
         "pixel_size_nm": args.pixel_size_nm,
         "tiff_page": args.tiff_page,
-        "max_image_pixels": args.max_image_pixels or _setting_max_image_pixels(),
+        "max_image_pixels": args.max_image_pixels or settings.max_image_pixels,
     }  # options left out keep the model's stored predict_config; the pixel limit is the
     # worker's to set (memory), not the model's, so it always comes from here
     config = PredictConfig(
@@ -129,10 +132,3 @@ def run(args: argparse.Namespace) -> int:
     for p in failed[:20]:
         print(f"  failed: {p.image_uri}: {p.error}")
     return 0 if len(failed) < len(predictions) else 1
-
-
-def _setting_max_image_pixels() -> int:
-    """The ``max_image_pixels`` setting (SEMCLIP_MAX_IMAGE_PIXELS or the config file)."""
-    from semclip.settings import get_settings
-
-    return get_settings().max_image_pixels
