@@ -231,6 +231,7 @@ def _decisions(tmp_path: Path, index: pd.DataFrame, kit: Kit) -> Path:
         [
             {"image": "/etc/passwd", "label": "good", "mask": None},  # leaves the bucket
             {"image": decided.loc[1, "image"], "label": "good", "mask": "fixed.png"},
+            {"image": decided.loc[1, "image"].replace(".png", "-gone.png"), "label": "particle"},
         ]
     )
     decided = pd.concat([decided, extra], ignore_index=True)
@@ -253,10 +254,12 @@ def test_import_appends_checked_decisions_to_confirmed(
     result = import_review(bucket.fs, bucket.root, str(source), reviewer="ana", now=NOW)
 
     assert result.imported == 2 and result.masks == 1 and result.unreviewed == 1
-    assert len(result.rejected) == 3
-    assert "row 3" in result.rejected[0] and "size (10, 64)" in result.rejected[0]
+    assert len(result.rejected) == 4
+    assert "row 3" in result.rejected[0] and "is 10x64 (HxW)" in result.rejected[0]
     assert "row 5" in result.rejected[1] and "absolute path" in result.rejected[1]
     assert "row 6" in result.rejected[2] and "label good" in result.rejected[2]
+    assert "row 7" in result.rejected[3] and "column 'image'" in result.rejected[3]
+    assert "-gone.png' is not in the bucket" in result.rejected[3]
     assert result.relabelled == [f"{source} row 1: label ' Bridge ' read as 'bridge'"]
     shots = load_confirmed(bucket.fs, bucket.root)
     assert not shots.rejected

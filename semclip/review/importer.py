@@ -161,8 +161,11 @@ def _check_row(
     if not label:
         raise ValueError(f"label {label_cell!r} is empty once normalised")
     image_path = resolve_in_bucket(fs, root, image_cell)
-    with fs.open(image_path, "rb") as f:
-        image_bytes = f.read()
+    try:
+        with fs.open(image_path, "rb") as f:
+            image_bytes = f.read()
+    except FileNotFoundError:
+        raise ValueError(f"column 'image': {image_cell!r} is not in the bucket") from None
     shape = read_image(image_bytes, name=image_cell).pixels.shape
     mask_cell = _cell(cells.get("mask"))
     mask = None
