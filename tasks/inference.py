@@ -18,7 +18,7 @@ import hashlib
 import logging
 import os
 import socket
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,22 +103,24 @@ def describe_images(
 
 
 @task(name="read_done_hashes", **IO_RETRIES)
-def read_done_hashes(bucket: BucketRef, run_date: dt.date, model_version: str) -> list[str]:
-    """Content hashes already predicted by ``model_version`` in the date's partition.
+def read_done_hashes(bucket: BucketRef, run_date: dt.date, model_version: str) -> dict[str, str]:
+    """Content hashes already predicted by ``model_version`` in the date's partition, each
+    with the image URI its row carries.
 
     Only rows with a class count: an error row (``error`` set, e.g. non-finite probabilities
     of a corrupt model, whoever wrote it) is history, so a re-run predicts that image again.
+    The URI lets a later file with the same bytes (a copy, a rename) be quarantined naming
+    the row that holds them, instead of counted as kept with no row of its own.
     """
     fs, root = bucket.open()
-    table = read_partition(fs, root, run_date, columns=["image_sha256", "model_version", "error"])
-    columns = (table.column(c).to_pylist() for c in ("image_sha256", "model_version", "error"))
-    return sorted(
-        {
-            sha
-            for sha, version, error in zip(*columns, strict=True)
-            if sha is not None and version == model_version and error is None
-        }
-    )
+    names = ["image_sha256", "model_version", "error", "image_uri"]
+    table = read_partition(fs, root, run_date, columns=names)
+    columns = (table.column(c).to_pylist() for c in names)
+    done: dict[str, str] = {}
+    for sha, version, error, uri in zip(*columns, strict=True):
+        if sha is not None and version == model_version and error is None:
+            done[sha] = min(uri, done.get(sha, uri))  # one row per key: min is a tie-break
+    return dict(sorted(done.items()))
 
 
 @task(name="predict_shard", cache_policy=NO_CACHE)
@@ -130,7 +132,7 @@ def predict_shard(
     index: int,
     uris: list[str],
     fields: Mapping[str, Mapping[str, Any]],
-    done_hashes: Iterable[str],
+    done_hashes: Mapping[str, str],
     flow_run_id: str | None,
     tiff_page: int = 0,
     pixel_size_nm: float | None = None,
@@ -145,7 +147,7 @@ def predict_shard(
     through fsspec, whose S3 client already retries transient errors.
     """
     fs, root = bucket.open()
-    done = set(done_hashes)
+    done = dict(done_hashes)  # content hash → the URI whose row holds it
     escaped = links_outside_bucket(fs, root, uris)
     quarantine = [_quarantine_row(u, reason, flow_run_id) for u, reason in escaped.items()]
     inside = [u for u in uris if u not in escaped]
@@ -155,8 +157,13 @@ def predict_shard(
         value = data[uri]
         if isinstance(value, Exception):
             quarantine.append(_quarantine_row(uri, f"cannot fetch: {value}", flow_run_id))
-        elif hashlib.sha256(value).hexdigest() not in done:
-            todo.append((uri, value))
+        else:
+            sha = hashlib.sha256(value).hexdigest()
+            holder = done.get(sha)
+            if holder is None:
+                todo.append((uri, value))
+            elif holder != uri:  # a copy or a rename of an image the date already has
+                quarantine.append(_quarantine_row(uri, _same_bytes(sha, holder), flow_run_id))
     n_kept = len(uris) - len(todo) - len(quarantine)
     predictions: list[Prediction] = []
     embeddings = EmbeddingSum()  # the drift summary's mean CLS embedding; not in the rows
@@ -305,6 +312,10 @@ def _drop_duplicate_hashes(
         first = seen.setdefault((sha, version), uri)
         keep.append(first == uri)
         if first != uri:
-            reason = f"same bytes (SHA-256 {sha[:12]}…) as {first}, predicted under that URI"
-            duplicates.append(_quarantine_row(uri, reason, flow_run_id))
+            duplicates.append(_quarantine_row(uri, _same_bytes(sha, first), flow_run_id))
     return table.filter(pa.array(keep, pa.bool_())), duplicates
+
+
+def _same_bytes(sha: str, holder: str) -> str:
+    """The quarantine reason of an image whose bytes another URI's row already holds."""
+    return f"same bytes (SHA-256 {sha[:12]}…) as {holder}, predicted under that URI"

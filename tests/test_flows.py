@@ -127,6 +127,19 @@ def test_nightly_quarantines_corrupt_inputs_and_reruns_idempotently(
     assert len(keys) == len(set(keys))  # never a duplicate
     assert len(parquet_files(fs, f"{root}/predictions/date={kit.RUN_DATE}")) == 1
 
+    # A copy of a predicted image under another name (or the same file renamed) on a later
+    # run: no second row for those bytes, and not "kept" silently either: quarantined,
+    # naming the URI whose row holds them, so images = predicted + kept + quarantined.
+    copy = f"{root}/raw/{kit.RUN_DATE}/LOT7/W05/copy-of-D0101.png"
+    fs.pipe_file(copy, fs.cat_file(f"{root}/raw/{kit.RUN_DATE}/LOT7/W04/D0101.png"))
+    fourth = nightly_inference(run_date=kit.RUN_DATE.isoformat())
+    assert (fourth.images, fourth.predicted, fourth.kept, fourth.quarantined) == (10, 0, 7, 3)
+    assert fourth.rows_total == 7
+    reasons = {
+        q["image_uri"]: q["reason"] for q in read_quarantine(fs, root, kit.RUN_DATE).to_pylist()
+    }
+    assert reasons[fs.unstrip_protocol(copy)].endswith(f"as {new_uri}, predicted under that URI")
+
 
 def test_nightly_quarantines_a_bomb_and_links_out_and_keeps_pngs_under_a_tiff_page(
     kit: Kit,

@@ -149,5 +149,5 @@ def test_error_rows_are_never_done_hashes(tmp_path: object) -> None:
     fields = {p.image_uri: dict.fromkeys(ids) for p in (ok, bad)}
     rows = prediction_rows([ok, bad], fields, None, dt.datetime.now(dt.UTC))
     write_partition(fs, root, RUN_DATE, rows)
-    assert read_done_hashes.fn(BucketRef(url), RUN_DATE, "3") == ["a" * 64]
-    assert read_done_hashes.fn(BucketRef(url), RUN_DATE, "4") == []
+    assert read_done_hashes.fn(BucketRef(url), RUN_DATE, "3") == {"a" * 64: "raw/a.png"}
+    assert read_done_hashes.fn(BucketRef(url), RUN_DATE, "4") == {}
