@@ -10,7 +10,9 @@ exist stays a permanent "does not exist" error that it does not retry.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import socket
+import time
 
 import pytest
 from prefect.states import Failed
@@ -151,3 +153,27 @@ def test_error_rows_are_never_done_hashes(tmp_path: object) -> None:
     write_partition(fs, root, RUN_DATE, rows)
     assert read_done_hashes.fn(BucketRef(url), RUN_DATE, "3") == {"a" * 64: "raw/a.png"}
     assert read_done_hashes.fn(BucketRef(url), RUN_DATE, "4") == {}
+
+
+def test_mlflow_down_fails_in_seconds_with_mlflow_s_own_http_defaults(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With MLflow's defaults (7 retries, back-off doubling from 2 s) a dead server held a task
+    some 13 minutes before any error; the registry client bounds them unless the user set
+    their own, and the task's retries (IO_RETRIES) handle the outage."""
+    from semclip.registry.client import HTTP_BOUNDS
+    from tasks.inference import resolve_model
+
+    for name in HTTP_BOUNDS:
+        monkeypatch.setenv(name, "unset by the test")
+        monkeypatch.delenv(name)  # absent now, and absent again after the test
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    started = time.perf_counter()
+    with pytest.raises(EndpointUnreachableError, match=f"MLflow registry at {uri}"):
+        resolve_model.fn(Registry(tracking_uri=uri), None)
+    assert time.perf_counter() - started < 60  # a hang guard, not a speed target
+    assert {name: os.environ[name] for name in HTTP_BOUNDS} == HTTP_BOUNDS
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # the user's value wins
+    with pytest.raises(EndpointUnreachableError):
+        resolve_model.fn(Registry(tracking_uri=uri), None)
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0"

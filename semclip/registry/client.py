@@ -58,6 +58,23 @@ MANUAL_PROMOTE = "manual-promote"  # GATE_TAG once a person promoted the version
 MANUAL_PREFIX = "semclip.promoted_"  # by, at, from, reason, alias of that promotion
 _MAX_PARAM_CHARS = 6000  # MLflow's limit on one param value
 _MLFLOW_URI_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+# MLflow's own HTTP defaults (7 retries with back-off doubling from 2 s, a 120 s timeout) kept a
+# task against a dead or mistyped server waiting some 13 minutes before any error. Outages are
+# the flows' task retries' job (IO_RETRIES: named EndpointUnreachableError, retried twice), so
+# each call gives up in seconds; a value the user exported wins.
+HTTP_BOUNDS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+
+
+def _bound_http_retries(tracking_uri: str) -> None:
+    """Cap MLflow's HTTP retries for an http(s) server (see HTTP_BOUNDS), process-wide,
+    unless the environment already says otherwise."""
+    if tracking_uri.startswith(("http://", "https://")):
+        for name, value in HTTP_BOUNDS.items():
+            os.environ.setdefault(name, value)
 
 
 @dataclass(frozen=True)
@@ -90,6 +107,7 @@ class Registry:
     # ------------------------------------------------------------------ plumbing
     def client(self) -> MlflowClient:
         _ensure_sqlite_folder(self.tracking_uri)
+        _bound_http_retries(self.tracking_uri)
         return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
 
     @contextmanager
@@ -104,6 +122,7 @@ class Registry:
         from mlflow.tracking._tracking_service import utils as tracking_utils
 
         _ensure_sqlite_folder(self.tracking_uri)
+        _bound_http_retries(self.tracking_uri)
         saved_env = {name: os.environ.get(name) for name in _MLFLOW_URI_VARS}
         saved = tracking_utils._tracking_uri, registry_utils._registry_uri
         mlflow.set_tracking_uri(self.tracking_uri)
