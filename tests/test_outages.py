@@ -177,3 +177,29 @@ def test_mlflow_down_fails_in_seconds_with_mlflow_s_own_http_defaults(
     with pytest.raises(EndpointUnreachableError):
         resolve_model.fn(Registry(tracking_uri=uri), None)
     assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0"
+
+
+def test_s3_without_credentials_says_so_not_that_the_bucket_is_missing(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Before: "bucket 's3://…' does not exist (or these credentials cannot see it)", which sent
+    an operator to create a bucket. Not retried either: waiting brings no credentials."""
+    from semclip.cli import main
+    from semclip.io.bucket import S3CredentialsError, open_bucket
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/semclip-test-aws-config")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/semclip-test-aws-credentials")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    with pytest.raises(S3CredentialsError, match="no AWS credentials found for bucket 's3://nope'"):
+        open_bucket("s3://nope", endpoint_url=endpoint)
+    try:
+        open_bucket("s3://nope", endpoint_url=endpoint)
+    except S3CredentialsError as exc:
+        assert not _retried(exc)
+    monkeypatch.setenv("SEMCLIP_BUCKET", "s3://nope")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)
+    assert main(["report", "--date", "2026-11-01"]) == 2
+    assert "error: no AWS credentials found" in capsys.readouterr().err

@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         ImageReadError,  # one named file the command could not leave out
         IncompatibleModelError,
         FileNotFoundError,
+        PermissionError,  # S3CredentialsError, a folder the user cannot write
         ValueError,
     ) as exc:
         from semclip.settings import describe_settings_error

@@ -47,6 +47,11 @@ class BucketNotFoundError(FileNotFoundError):
     """The configured bucket (or local bucket folder) does not exist."""
 
 
+class S3CredentialsError(PermissionError):
+    """No AWS credentials were found for an ``s3://`` bucket: a configuration to fix, not a
+    missing bucket (nothing to create) and not an outage (nothing to wait for)."""
+
+
 class Bucket(NamedTuple):
     """An opened bucket: unpacks as ``fs, root = open_bucket(url)``."""
 
@@ -109,6 +114,12 @@ def _container_exists(
     except FileNotFoundError:
         return False
     except Exception as exc:  # noqa: BLE001 - classified below, re-raised unless an answer
+        if type(exc).__name__ == "NoCredentialsError":  # botocore's; s3fs would answer False
+            raise S3CredentialsError(
+                f"no AWS credentials found for bucket 's3://{container}' (set "
+                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or run where an "
+                "instance or pod role provides them)"
+            ) from exc
         if is_connection_failure(exc):
             where = endpoint_url or "the default AWS S3 endpoint"
             raise EndpointUnreachableError("S3", where, exc) from exc
