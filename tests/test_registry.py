@@ -173,6 +173,14 @@ def test_promote_cli(
     back = champion_registry.resolve()
     assert (back.version, back.tags["semclip.promoted_by"]) == ("1", "ops")
     assert back.tags["semclip.promoted_from"] == "2"
+    # promoting the champion again moves nothing and keeps the rollback's record
+    assert main(["promote", "--version", "1", "--reason", "again", "--by", "root"]) == 2
+    assert "v1 is already champion of semclip-sem" in capsys.readouterr().err
+    kept = champion_registry.resolve()
+    assert (kept.tags["semclip.promoted_by"], kept.tags["semclip.promoted_reason"]) == (
+        "ops",
+        "rollback",
+    )
     assert main(["promote", "--version", "99", "--reason", "x"]) == 2
     assert "has no version 99" in capsys.readouterr().err
     assert champion_registry.resolve().version == "1"

@@ -328,6 +328,13 @@ class Registry:
         why, and its gate tag becomes ``manual-promote`` (the refit's word is kept beside).
         """
         previous = self.alias(alias)
+        if previous is not None and str(previous.version) == str(version).strip():
+            # nothing moves; writing the audit tags again would overwrite the record of the
+            # promotion (or rollback) that put it there
+            raise ValueError(
+                f"v{previous.version} is already {alias} of {self.model_name}: nothing to "
+                "promote (its promotion record is kept)"
+            )
         if reason is not None:
             self._record_manual_promotion(version, alias, previous, by, reason)
         new = self.set_alias(alias, version)
