@@ -367,11 +367,16 @@ def _file_source(settings_cls: type[BaseSettings], path: Path) -> PydanticBaseSe
             f"semclip config file {str(path)!r} (from {CONFIG_ENV_VAR}) does not exist"
         )
     suffix = path.suffix.lower()
-    if suffix == ".toml":
-        return TomlConfigSettingsSource(settings_cls, toml_file=path)
-    if suffix in (".yaml", ".yml"):
+    if suffix not in (".toml", ".yaml", ".yml"):
+        raise ValueError(f"semclip config file {str(path)!r}: use a .toml, .yaml or .yml file")
+    try:  # both sources parse the file here
+        if suffix == ".toml":
+            return TomlConfigSettingsSource(settings_cls, toml_file=path)
         return YamlConfigSettingsSource(settings_cls, yaml_file=path)
-    raise ValueError(f"semclip config file {str(path)!r}: use a .toml, .yaml or .yml file")
+    except Exception as exc:  # noqa: BLE001 - tomllib / yaml parse errors, named with the file
+        raise ValueError(
+            f"semclip config file {str(path)!r} (from {CONFIG_ENV_VAR}) cannot be parsed: {exc}"
+        ) from None
 
 
 def _normalise_bucket(value: str) -> str:

@@ -197,3 +197,18 @@ def test_a_bad_setting_is_named_as_the_user_set_it(
     err = capsys.readouterr().err
     assert "bad setting: SEMCLIP_PIXEL_SIZE_NM='-5' (config key 'pixel_size_nm')" in err
     assert "greater than 0" in err and "no-such-model" not in err
+
+
+@pytest.mark.parametrize(
+    ("suffix", "text"), [(".toml", "not = toml = at all\n"), (".yaml", "a: [b\n")]
+)
+def test_a_config_file_that_does_not_parse_is_named(
+    suffix: str, text: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken = tmp_path / f"broken{suffix}"
+    broken.write_text(text)
+    monkeypatch.setenv("SEMCLIP_CONFIG", str(broken))
+    with pytest.raises(
+        ValueError, match=f"config file '{broken}' \\(from SEMCLIP_CONFIG\\) cannot be parsed"
+    ):
+        get_settings()
