@@ -40,6 +40,7 @@ __all__ = [
     "ensure_limit",
     "hold_slot",
     "retry_on_transient",
+    "run_logger",
 ]
 
 log = logging.getLogger(__name__)
@@ -161,7 +162,7 @@ def hold_slot(
     :class:`SlotTimeoutError` naming the limit and the reset commands after ``timeout_s``;
     an error inside the body is never turned into one.
     """
-    logger = _run_logger()
+    logger = run_logger()
     if create:
         ensure_limit(name)
     logger.info(
@@ -191,7 +192,7 @@ def hold_slot(
         yield
 
 
-def _run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+def run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
     """The flow run's logger (its lines reach the Prefect UI), else this module's."""
     from prefect import get_run_logger
     from prefect.exceptions import MissingContextError

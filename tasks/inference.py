@@ -32,14 +32,14 @@ from semclip.drift.embedding import EmbeddingSum, write_embedding_sum
 from semclip.io import klarf_join
 from semclip.io.fetch import fetch_bytes
 from semclip.io.partitions import PartitionWrite, read_partition, write_partition
-from semclip.io.paths import links_outside_bucket, list_raw_images
+from semclip.io.paths import links_outside_bucket, raw_listing
 from semclip.io.pipeline_schema import PIPELINE_PREDICTION_SCHEMA, pipeline_records_to_table
 from semclip.io.quarantine import write_quarantine
 from semclip.io.staging import is_local, parquet_bytes, replace_atomically, staging_path
 from semclip.prediction import Prediction, fill_pixel_size
 from semclip.registry.client import Registry
 from semclip.registry.refs import ModelRef
-from tasks.common import IO_RETRIES, BucketRef
+from tasks.common import IO_RETRIES, BucketRef, run_logger
 
 __all__ = [
     "ShardResult",
@@ -88,9 +88,19 @@ def resolve_model(registry: Registry, reference: str | None) -> ModelRef:
 
 @task(name="list_images", **IO_RETRIES)
 def list_images(bucket: BucketRef, run_date: dt.date) -> list[str]:
-    """URIs of the images under raw/<run_date>/ and only there (fails on a missing bucket)."""
+    """URIs of the images under raw/<run_date>/ and only there (fails on a missing bucket).
+
+    Files left alone (hidden, or not an image type) are logged as a warning with a few
+    names, so a night of unsupported files does not read as an empty night.
+    """
     fs, root = bucket.open()
-    return list_raw_images(fs, root, run_date)
+    images, ignored = raw_listing(fs, root, run_date)
+    for reason, uris in ignored.items():
+        shown = ", ".join(uris[:5]) + (f", … ({len(uris) - 5} more)" if len(uris) > 5 else "")
+        run_logger().warning(
+            "raw/%s: %d file(s) left alone, %s: %s", run_date, len(uris), reason, shown
+        )
+    return images
 
 
 @task(name="describe_images", **IO_RETRIES)

@@ -23,7 +23,13 @@ from semclip.io.partitions import (
     read_partition,
     write_partition,
 )
-from semclip.io.paths import date_prefix, links_outside_bucket, list_raw_images, parse_ids
+from semclip.io.paths import (
+    date_prefix,
+    links_outside_bucket,
+    list_raw_images,
+    parse_ids,
+    raw_listing,
+)
 from semclip.io.pipeline_schema import (
     PIPELINE_FIELDS,
     PIPELINE_PREDICTION_SCHEMA,
@@ -96,15 +102,25 @@ def test_lists_only_that_dates_images(bucket: BucketCase) -> None:
         _put(bucket, "raw/2026-11-01/L2/W3/D9.jpeg"),
         _put(bucket, "raw/2026-11-01/tool/L2/W3/D10.tiff"),
         _put(bucket, "raw/2026-11-01/x.jpg"),
+        _put(bucket, "raw/2026-11-01/L3/W1/D7.bmp"),  # what semclip predict and fit read too
     ]
     _put(bucket, "raw/2026-11-01/L1/W1/W1.klarf", b"LotID L1;")
-    _put(bucket, "raw/2026-11-01/L1/W1/notes.txt")
+    _put(bucket, "raw/2026-11-01/L1/W1/LOT1.000", b"LotID L1;")
+    notes = _put(bucket, "raw/2026-11-01/L1/W1/notes.txt")
+    fork = _put(bucket, "raw/2026-11-01/L1/W1/._D001.tif")  # a macOS resource fork
+    hidden = _put(bucket, "raw/2026-11-01/.trash/L1/W1/D001.png")
     _put(bucket, "raw/2026-11-02/L1/W1/D003.png")
     _put(bucket, "raw/2026-11-01-rerun/L1/W1/D004.png")
     _put(bucket, "raw/2026-11-0/L1/W1/D005.png")
     _put(bucket, "confirmed/2026-11-01/L1/W1/D006.png")
     assert list_raw_images(bucket.fs, bucket.root, DAY) == sorted(wanted)
     assert list_raw_images(bucket.fs, bucket.root, dt.date(2026, 10, 31)) == []
+    images, ignored = raw_listing(bucket.fs, bucket.root, DAY)
+    assert images == sorted(wanted)  # every other file of the date is said, KLARFs aside
+    assert ignored == {
+        "hidden file": sorted([fork, hidden]),
+        "not an image type semclip reads (.txt)": [notes],
+    }
 
 
 def test_new_objects_are_seen_after_an_earlier_listing(bucket: BucketCase) -> None:
@@ -574,3 +590,21 @@ def test_current_view_on_an_empty_bucket_has_the_declared_columns(bucket: Bucket
     assert con.execute("SELECT count(*) FROM predictions").fetchone() == (0,)
     columns = [c[0] for c in con.execute("DESCRIBE predictions").fetchall()]
     assert columns == [*PIPELINE_PREDICTION_SCHEMA.names, "date"]
+
+
+def test_the_nightly_listing_says_what_it_left_alone(
+    bucket: BucketCase, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture
+) -> None:
+    """A night of files semclip does not read is said, not an empty night in silence."""
+    from tasks.common import BucketRef
+    from tasks.inference import list_images
+
+    _put(bucket, "raw/2026-11-01/L9/W01/a.txt")
+    _put(bucket, "raw/2026-11-01/L9/W01/D3.gif")
+    _put(bucket, "raw/2026-11-01/L9/W01/.hidden.png")
+    with caplog.at_level("WARNING"):
+        assert list_images.fn(BucketRef(bucket.url, bucket.endpoint_url), DAY) == []
+    text = caplog.text + capsys.readouterr().err  # Prefect's console handler, once set up
+    assert "1 file(s) left alone, hidden file" in text and ".hidden.png" in text
+    assert "not an image type semclip reads (.gif)" in text
+    assert "not an image type semclip reads (.txt)" in text

@@ -13,12 +13,11 @@ from semclip.cli.commands import summary
 from semclip.cli.common import progress_bar
 from semclip.cli.option_types import non_negative_int, positive_float, positive_int
 from semclip.config import PredictConfig
+from semclip.data.images import IMAGE_SUFFIXES
 from semclip.io.schema import records_to_table
 from semclip.model import SemclipModel
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

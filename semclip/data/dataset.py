@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from semclip.data.images import ImageReadError, read_image_shape
+from semclip.data.images import IMAGE_SUFFIXES, ImageReadError, read_image_shape
 from semclip.labels import normalise_label
 from semclip.safe_paths import OutsideRootError, resolve_inside
 
@@ -25,7 +25,6 @@ logger = logging.getLogger(__name__)
 GOOD = "good"  # the normal class; every other label is a defect class
 MANIFEST = "manifest.csv"
 REQUIRED_COLUMNS = ("image", "label", "mask")
-_IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 
 
 @dataclass(frozen=True)
@@ -343,7 +342,7 @@ def _listing(split_dir: Path) -> Iterable[tuple[str, Path]]:
         for path in sorted(label_dir.iterdir())
         if path.is_file()
         and not path.name.startswith(".")
-        and path.suffix.lower() in _IMAGE_SUFFIXES
+        and path.suffix.lower() in IMAGE_SUFFIXES
     ]
 
 

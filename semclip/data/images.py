@@ -41,6 +41,9 @@ _NUMBER = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)"
 _PIXEL_SIZE_RE = re.compile(
     rf"pixel_?size_nm\s*[=:]\s*{_NUMBER}|pixel_?size\s*[=:]\s*{_NUMBER}\s*nm\b", re.IGNORECASE
 )
+# The file types semclip reads (decoding dispatches on content, not on the name): one list for
+# data set folders, `semclip predict` folders and the nightly's raw/<date>/ listing.
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _UNKNOWN_FORMAT = "not a recognised image format (expected PNG, JPEG or TIFF)"

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from fsspec import AbstractFileSystem
 
+from semclip.data.images import IMAGE_SUFFIXES
 from semclip.io.bucket import file_suffix, find_files, is_local, resolve_in_bucket
 from semclip.safe_paths import OutsideRootError
 
@@ -18,10 +19,10 @@ __all__ = [
     "links_outside_bucket",
     "list_raw_images",
     "parse_ids",
+    "raw_listing",
 ]
 
 
-IMAGE_SUFFIXES = frozenset({".png", ".tif", ".tiff", ".jpg", ".jpeg"})
 ID_FIELDS = ("lot_id", "wafer_id", "defect_id")
 
 
@@ -32,9 +33,35 @@ def date_prefix(fs: AbstractFileSystem, root: str, run_date: dt.date) -> str:
 
 def list_raw_images(fs: AbstractFileSystem, root: str, run_date: dt.date) -> list[str]:
     """Sorted URIs of the images under ``raw/<date>/`` (and only that date), any depth."""
+    return raw_listing(fs, root, run_date)[0]
+
+
+def raw_listing(
+    fs: AbstractFileSystem, root: str, run_date: dt.date
+) -> tuple[list[str], dict[str, list[str]]]:
+    """(image URIs, other files by why they are left alone) under ``raw/<date>/``.
+
+    Hidden files (a name, or a folder on the way, starting with ``.``: macOS ``._*``
+    resource forks, editors' temporary files) are never images to predict, whatever their
+    suffix; files of other types (not an image semclip reads, not a KLARF) are left alone
+    too. Both are returned by reason so the run can say what it did not read, instead of a
+    night of ``.gif`` files reading as an empty night.
+    """
+    from semclip.io.klarf_join import _is_klarf  # klarf_join imports this module
+
     folder = f"{root}/raw/{run_date.isoformat()}"
-    paths = find_files(fs, folder)
-    return [fs.unstrip_protocol(p) for p in paths if file_suffix(p) in IMAGE_SUFFIXES]
+    images: list[str] = []
+    ignored: dict[str, list[str]] = {}
+    for path in find_files(fs, folder):
+        below = path[len(folder) :].lstrip("/")
+        if any(part.startswith(".") for part in below.split("/")):
+            ignored.setdefault("hidden file", []).append(fs.unstrip_protocol(path))
+        elif file_suffix(path) in IMAGE_SUFFIXES:
+            images.append(fs.unstrip_protocol(path))
+        elif not _is_klarf(path):
+            reason = f"not an image type semclip reads ({file_suffix(path) or 'no suffix'})"
+            ignored.setdefault(reason, []).append(fs.unstrip_protocol(path))
+    return images, ignored
 
 
 def links_outside_bucket(fs: AbstractFileSystem, root: str, uris: Sequence[str]) -> dict[str, str]:
