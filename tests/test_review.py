@@ -318,6 +318,11 @@ def test_review_commands_export_then_import(
     shots = load_confirmed(fs, root).frame
     assert list(shots["label"]) == ["scratch"] and list(shots["reviewer"]) == ["ana"]
     assert main(["review", "export", "--date", "2026-13-01"]) == 2
+    # a date the nightly never ran is not "a clean night"
+    assert main(["review", "export", "--date", "2026-01-05"]) == 0
+    assert "2026-01-05: no predictions for this date" in capsys.readouterr().out
+    assert main(["report", "--date", "2026-01-05"]) == 0
+    assert "WARNING: no current rows in 2026-01-05..2026-01-05" in capsys.readouterr().out
 
 
 def test_report_sql_and_review_export_give_each_row_the_same_first_reason() -> None:

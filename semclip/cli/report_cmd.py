@@ -74,6 +74,11 @@ def run(args: argparse.Namespace) -> int:
     written = make_report(fs, root, request, Registry.from_settings(settings))
     if written.report.random_backbone:
         print("WARNING: RANDOM-WEIGHT BACKBONE rows: this report is a plumbing check")
+    if written.rows == 0:
+        print(
+            f"WARNING: no current rows in {first}..{last} (no nightly run of these dates, or "
+            "a mistyped date?): the report is empty"
+        )
     for what in written.unmatched:
         print(f"WARNING: no rows for {what} in {first}..{last} (a typo, or not scanned?)")
     print(f"report {request.label}: {written.rows} current rows, {len(written.uris)} files")

@@ -93,6 +93,12 @@ def run_export(args: argparse.Namespace) -> int:
         fs, root, run_date, rule=rule, limit=args.limit, champion=_champion(settings)
     )
     if result.index_uri is None:
+        if not fs.exists(f"{root}/predictions/date={run_date.isoformat()}"):
+            print(
+                f"{run_date}: no predictions for this date in {fs.unstrip_protocol(root)} "
+                "(no nightly run of it, or a mistyped date?): nothing to review"
+            )
+            return 0
         print(f"{run_date}: no current row needs review ({len(result.problems)} skipped)")
         return 0
     reasons = ", ".join(f"{k} {v}" for k, v in result.by_reason.items())
