@@ -16,18 +16,14 @@ from typing import Any
 
 from fsspec import AbstractFileSystem
 
-from semclip.io.bucket import file_suffix, find_files
+from semclip.io.bucket import find_files
 from semclip.io.klarf import Klarf, KlarfDefect, KlarfError, parse_klarf
-from semclip.io.paths import date_prefix, parse_ids
+from semclip.io.paths import date_prefix, is_klarf_file, parse_ids
 from semclip.io.pipeline_schema import KLARF_FIELDS
 
 __all__ = ["ImageDescriptions", "describe_images", "find_klarf", "join_klarf", "read_klarf"]
 
 logger = logging.getLogger(__name__)
-
-
-KLARF_SUFFIXES = frozenset({".klarf", ".klf", ".kla", ".klr"})
-_KLARF_NUMBERED = re.compile(r"\.\d{3}")  # tools also write <lot>.000, <lot>.001, …
 
 
 @dataclass(frozen=True)
@@ -143,9 +139,7 @@ def _image_fields(
     return out
 
 
-def _is_klarf(path: str) -> bool:
-    suffix = file_suffix(path)
-    return suffix in KLARF_SUFFIXES or bool(_KLARF_NUMBERED.fullmatch(suffix))
+_is_klarf = is_klarf_file  # the name klarf_export imports
 
 
 def _trailing_int(value: str | None) -> int | None:

@@ -16,6 +16,7 @@ __all__ = [
     "ID_FIELDS",
     "IMAGE_SUFFIXES",
     "date_prefix",
+    "is_klarf_file",
     "links_outside_bucket",
     "list_raw_images",
     "parse_ids",
@@ -24,6 +25,14 @@ __all__ = [
 
 
 ID_FIELDS = ("lot_id", "wafer_id", "defect_id")
+KLARF_SUFFIXES = frozenset({".klarf", ".klf", ".kla", ".klr"})
+_KLARF_NUMBERED = re.compile(r"\.\d{3}")  # tools also write <lot>.000, <lot>.001, …
+
+
+def is_klarf_file(path: str) -> bool:
+    """Whether a file of ``raw/<date>/`` is a KLARF (by its suffix), read beside the images."""
+    suffix = file_suffix(path)
+    return suffix in KLARF_SUFFIXES or bool(_KLARF_NUMBERED.fullmatch(suffix))
 
 
 def date_prefix(fs: AbstractFileSystem, root: str, run_date: dt.date) -> str:
@@ -47,8 +56,6 @@ def raw_listing(
     too. Both are returned by reason so the run can say what it did not read, instead of a
     night of ``.gif`` files reading as an empty night.
     """
-    from semclip.io.klarf_join import _is_klarf  # klarf_join imports this module
-
     folder = f"{root}/raw/{run_date.isoformat()}"
     images: list[str] = []
     ignored: dict[str, list[str]] = {}
@@ -58,7 +65,7 @@ def raw_listing(
             ignored.setdefault("hidden file", []).append(fs.unstrip_protocol(path))
         elif file_suffix(path) in IMAGE_SUFFIXES:
             images.append(fs.unstrip_protocol(path))
-        elif not _is_klarf(path):
+        elif not is_klarf_file(path):
             reason = f"not an image type semclip reads ({file_suffix(path) or 'no suffix'})"
             ignored.setdefault(reason, []).append(fs.unstrip_protocol(path))
     return images, ignored
