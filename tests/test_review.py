@@ -279,8 +279,9 @@ def test_import_names_a_file_it_cannot_use(bucket: BucketCase, tmp_path: Path) -
     bad.write_text("img,lbl\nx,y\n")
     with pytest.raises(ReviewImportError, match="lack column"):
         import_review(bucket.fs, bucket.root, str(bad), reviewer="ana")
-    with pytest.raises(ReviewImportError, match="cannot be read"):
+    with pytest.raises(ReviewImportError, match="cannot be read") as info:
         import_review(bucket.fs, bucket.root, "review/none.csv", reviewer="ana")
+    assert "neither a local file" in str(info.value) and "nor in the bucket" in str(info.value)
 
 
 # --------------------------------------------------------------------------- command line

@@ -134,6 +134,11 @@ def _read_decisions(
             with fs.open(path, "rb") as f:
                 frame = pd.read_csv(f, dtype=str, keep_default_na=False, na_values=[""])
             base = (fs, root, False)
+    except FileNotFoundError:
+        where = "not in the bucket"
+        if "://" not in source:  # a bare path: the local file was looked for first
+            where = f"neither a local file ({str(local.resolve())!r}) nor in the bucket"
+        raise ReviewImportError(f"review decisions {source!r} cannot be read: {where}") from None
     except (OutsideRootError, OSError, ValueError) as exc:
         raise ReviewImportError(f"review decisions {source!r} cannot be read: {exc}") from None
     missing = [c for c in _REQUIRED if c not in frame.columns]
