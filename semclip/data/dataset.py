@@ -16,7 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from semclip.data.images import IMAGE_SUFFIXES, ImageReadError, read_image_shape
+from semclip.data.images import (
+    IMAGE_SUFFIXES,
+    ImageReadError,
+    LoadedImage,
+    read_image,
+    read_image_shape,
+)
+from semclip.data.masks import read_mask
 from semclip.labels import normalise_label
 from semclip.safe_paths import OutsideRootError, resolve_inside
 
@@ -152,6 +159,18 @@ def read_mvtec(root: str | os.PathLike[str]) -> Dataset:
                 logger.warning("MVTec image %s has no mask %s", path, candidate)
         samples.append(Sample(path, label, mask, None, number))
     return Dataset(folder, tuple(samples))
+
+
+def read_sample(sample: Sample) -> tuple[LoadedImage, np.ndarray | None]:
+    """Decode a sample's image and its mask (bool, checked against the image's size).
+
+    The one place the readers that leave unreadable samples out (evaluation, active
+    learning, a pretraining archive) decode a labelled sample: each catches
+    ``ImageReadError`` and ``ValueError`` (``MaskError`` is one) and names the sample.
+    """
+    image = read_image(sample.image, name=str(sample.image))
+    mask = read_mask(sample.mask, image.pixels.shape) if sample.mask is not None else None
+    return image, mask
 
 
 def validate_masks(dataset: Dataset) -> None:

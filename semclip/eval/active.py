@@ -31,9 +31,8 @@ from typing import Any
 from semclip.backbone import Backbone
 from semclip.config import FitConfig
 from semclip.data.databar import DatabarCrop
-from semclip.data.dataset import Dataset, Sample
-from semclip.data.images import ImageReadError, read_image
-from semclip.data.masks import read_mask
+from semclip.data.dataset import Dataset, Sample, read_sample
+from semclip.data.images import ImageReadError
 from semclip.feature_cache import FeatureCache
 from semclip.features import Preprocess
 from semclip.metrics import classification_metrics
@@ -210,9 +209,7 @@ def _readable(dataset: Dataset) -> tuple[Dataset, list[str]]:
     kept, unreadable = [], []
     for sample in dataset.samples:
         try:
-            image = read_image(sample.image, name=str(sample.image))
-            if sample.mask is not None:
-                read_mask(sample.mask, image.pixels.shape)
+            read_sample(sample)
         except (ImageReadError, ValueError) as exc:
             log.warning("left out of the active-learning run: %s", exc)
             unreadable.append(f"{sample.image}: {exc}")

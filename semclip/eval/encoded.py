@@ -15,9 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from semclip.data.dataset import GOOD, Dataset, Sample
-from semclip.data.images import ImageReadError, read_image
-from semclip.data.masks import read_mask
+from semclip.data.dataset import GOOD, Dataset, Sample, read_sample
+from semclip.data.images import ImageReadError
 from semclip.encoder import DualPathEncoder
 from semclip.feature_cache import FeatureCache, entry_key
 from semclip.features import Features, Preprocess, batches, extract_features
@@ -109,13 +108,11 @@ def encode_dataset(
         tensors, keys = [], []
         for sample in dataset.samples[sl]:
             try:
-                image = read_image(sample.image, name=str(sample.image))
-                tensor = preprocess.image_tensor(image.pixels)
                 # validate_masks checked every mask's size from its header; a mask whose
                 # pixels cannot be decoded (truncated) leaves its image out, named, like an
                 # unreadable image, instead of ending the evaluation
-                shape = image.pixels.shape
-                mask = read_mask(sample.mask, shape) if sample.mask is not None else None
+                image, mask = read_sample(sample)
+                tensor = preprocess.image_tensor(image.pixels)
             except (ImageReadError, ValueError) as exc:
                 log.warning("left out of the evaluation: %s", exc)
                 unreadable.append(f"{sample.image}: {exc}")

@@ -21,9 +21,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from semclip.backbone import file_sha256
 from semclip.data import DatabarCrop, load_dataset, read_image, read_mask, validate_masks
-from semclip.data.dataset import GOOD, MANIFEST
+from semclip.data.dataset import GOOD, MANIFEST, read_sample
 from semclip.data.images import ImageReadError
 from semclip.pretrain.config import SynthArchiveConfig
 from semclip.synth import LABELS, generate_dataset
@@ -182,6 +181,9 @@ def load_archive(
         log.warning("excluded classes %s are not in the archive %s", unknown, dataset.root)
     dropped = {c: sum(s.label == c for s in dataset.samples) for c in excluded}
     validate_masks(dataset)  # a mask of another size is a labelling error: refused, all listed
+    # Every image (and mask) decoded once here: training decodes per batch when the archive
+    # does not fit in memory, and one corrupt file must not end a run hours in, nor cost the
+    # rest. The decode reads the bytes the sha256 is taken of, so the file is read once.
     kept, unreadable = [], []
     for s in tqdm(
         [s for s in dataset.samples if s.label not in excluded],
@@ -189,16 +191,14 @@ def load_archive(
         unit="img",
         disable=len(dataset) < 500,
     ):
-        reason = _unreadable(s.image, s.mask)
-        if reason is not None:
-            log.warning("left out of the archive: %s", reason)
-            unreadable.append(reason)
+        try:
+            loaded, _ = read_sample(s)
+        except (ImageReadError, ValueError) as exc:
+            log.warning("left out of the archive: %s: %s", s.image, exc)
+            unreadable.append(f"{s.image}: {exc}")
             continue
-        kept.append(s)
-    items = tuple(
-        ArchiveItem(s.image, s.label, s.mask, file_sha256(s.image), meta.get(s.row, {}))
-        for s in kept
-    )
+        kept.append(ArchiveItem(s.image, s.label, s.mask, str(loaded.sha256), meta.get(s.row, {})))
+    items = tuple(kept)
     labels = {item.label for item in items}
     if GOOD not in labels or len(labels) < 2:
         raise ValueError(
@@ -210,21 +210,6 @@ def load_archive(
     return Archive(
         dataset.root, items, classes, databar, source, excluded, dropped, tuple(unreadable)
     )
-
-
-def _unreadable(image: Path, mask: Path | None) -> str | None:
-    """Why an archive image (or its mask) cannot be decoded, or None.
-
-    Checked once when the archive is read: training decodes per batch when the archive does
-    not fit in memory, and one corrupt file must not end a run hours in, nor cost the rest.
-    """
-    try:
-        loaded = read_image(image)
-        if mask is not None:
-            read_mask(mask, expected_shape=loaded.pixels.shape)
-    except (ImageReadError, ValueError) as exc:
-        return f"{image}: {exc}"
-    return None
 
 
 def load_stored(item: ArchiveItem, databar: DatabarCrop, size: int) -> tuple[torch.Tensor, ...]:
