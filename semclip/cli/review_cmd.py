@@ -84,6 +84,7 @@ def run_export(args: argparse.Namespace) -> int:
         print(f"semclip review export: --date {args.date!r} is not YYYY-MM-DD", file=sys.stderr)
         return 2
     from semclip.io.klarf_export import load_class_codes
+    from semclip.io.partitions import live_files
 
     settings, fs, root = _bucket()
     margin = settings.review_margin if args.margin is None else args.margin
@@ -93,7 +94,7 @@ def run_export(args: argparse.Namespace) -> int:
         fs, root, run_date, rule=rule, limit=args.limit, champion=_champion(settings)
     )
     if result.index_uri is None:
-        if not fs.exists(f"{root}/predictions/date={run_date.isoformat()}"):
+        if not live_files(fs, root, run_date)[0]:
             print(
                 f"{run_date}: no predictions for this date in {fs.unstrip_protocol(root)} "
                 "(no nightly run of it, or a mistyped date?): nothing to review"

@@ -42,8 +42,4 @@ def make_report(
     champion = (ref.name, ref.version) if ref is not None else None
     data = gather(fs, root, request, champion=champion, random_backbone=registry_lookup(registry))
     report = render(data)
-    unmatched = [
-        *(f"lot {lot}" for lot in data.unmatched_lots),
-        *(f"wafer {wafer}" for wafer in data.unmatched_wafers),
-    ]
-    return WrittenReport(report, write_report(fs, root, report), data.rows, unmatched)
+    return WrittenReport(report, write_report(fs, root, report), data.rows, data.unmatched)

@@ -127,6 +127,14 @@ class ReportData:
     unmatched_wafers: list[str] = field(default_factory=list)
 
     @property
+    def unmatched(self) -> list[str]:
+        """``lot X`` / ``wafer Y`` for every id asked for with no row in the dates."""
+        return [
+            *(f"lot {lot}" for lot in self.unmatched_lots),
+            *(f"wafer {wafer}" for wafer in self.unmatched_wafers),
+        ]
+
+    @property
     def needs_review(self) -> int:
         return sum(r["n"] for r in self.review)
 

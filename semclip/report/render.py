@@ -74,12 +74,8 @@ def _header(data: ReportData) -> list[str]:
         f"- models: {models}",
         "",
     ]
-    unmatched = [
-        *(f"lot {lot}" for lot in data.unmatched_lots),
-        *(f"wafer {wafer}" for wafer in data.unmatched_wafers),
-    ]
-    if unmatched:
-        lines += [f"> **No rows in these dates for {', '.join(unmatched)}.**", ""]
+    if data.unmatched:
+        lines += [f"> **No rows in these dates for {', '.join(data.unmatched)}.**", ""]
     return lines
 
 
