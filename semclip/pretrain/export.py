@@ -30,6 +30,7 @@ from semclip.backbone import (
 from semclip.pretrain.archive import Archive
 from semclip.pretrain.config import PretrainConfig
 from semclip.pretrain.overlap import SEEN_IMAGES, UNLABELED_IMAGES, write_seen_images
+from semclip.pretrain.ssl_step import indicator_reported
 from semclip.pretrain.towers import Towers
 from semclip.pretrain.unlabeled import UnlabeledSet
 
@@ -496,7 +497,7 @@ def _objective_text(cfg: dict[str, Any]) -> str:
 
 def _entropy_text(first: dict[str, Any], last: dict[str, Any]) -> str:
     """The prototype-entropy indicators, or nothing where the objective has no softmax
-    (masked-feature prediction records them as NaN: not applicable, not a failure)."""
+    (masked-feature prediction does not record them: not applicable, not a failure)."""
     if _missing(first.get("teacher_entropy")) and _missing(last.get("teacher_entropy")):
         return ""
     return (
@@ -513,7 +514,7 @@ def _or_nan(value: float | None) -> float:
 
 
 def _missing(value: float | None) -> bool:
-    return value is None or math.isnan(value)
+    return not indicator_reported(value)
 
 
 def _f(value: float | None) -> str:

@@ -162,6 +162,11 @@ def describe_indicators(summary: dict[str, float], prototypes: int) -> str:
 
 
 def _present(summary: dict[str, float], key: str) -> bool:
-    """Whether the window reported `key` (older records wrote an absent indicator as NaN)."""
-    value = summary.get(key)
+    """Whether the window reported `key`."""
+    return indicator_reported(summary.get(key))
+
+
+def indicator_reported(value: float | None) -> bool:
+    """Whether an SSL indicator has a value: one that does not apply to the objective is
+    absent (None once read back), and older records wrote it as NaN."""
     return value is not None and not math.isnan(value)
