@@ -163,8 +163,9 @@ class SemclipModel:
         config.check()
         databar = databar or DatabarCrop()
         preprocess = Preprocess(backbone.image_size, backbone.mean, backbone.std, databar)
-        support_classes(support_items(support))  # labels first: nothing decoded for a bad set
-        decoded = decode_support(support_items(support), preprocess)
+        given = support_items(support)
+        support_classes(given)  # labels first: nothing decoded for a bad set
+        decoded = decode_support(given, preprocess)
         items = decoded.items
         classes = support_classes(items)
         prompts = prompts or load_prompts()
@@ -645,7 +646,7 @@ def decode_support(items: list[SupportItem], preprocess: Preprocess) -> DecodedS
         raise ValueError(
             f"every support image of class {', '.join(map(repr, lost))} is unreadable ({names})"
         )
-    if not kept:
+    if not kept:  # only an empty `items`: any lost image loses its class above
         raise ValueError("the support set has no readable image")
     return DecodedSupport(kept, torch.stack(images), torch.stack(masks), has_mask, hashes, skipped)
 

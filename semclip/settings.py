@@ -315,13 +315,10 @@ def describe_settings_error(exc: Exception) -> str | None:
         name = field.split(".")[0]
         env = _STANDARD_ENV.get(name, f"{ENV_PREFIX}{name.upper()}")
         given = f"={error['input']!r}" if "input" in error and error["type"] != "missing" else ""
-        where = f"{env}{given} (config key '{field}')" if name in _fields() else f"'{field}'"
+        known = name in SemclipSettings.model_fields
+        where = f"{env}{given} (config key '{field}')" if known else f"'{field}'"
         lines.append(f"{where}: {error.get('msg', 'invalid')}")
     return "bad setting: " + "; ".join(lines)
-
-
-def _fields() -> set[str]:
-    return set(SemclipSettings.model_fields)
 
 
 def settings_table() -> list[tuple[str, str, str, str]]:
