@@ -23,7 +23,7 @@ from semclip.config import Calibration, FitConfig, PredictConfig
 from semclip.data.databar import DatabarCrop
 from semclip.data.dataset import GOOD, Dataset
 from semclip.data.images import ImageReadError, LoadedImage, read_image
-from semclip.data.masks import read_mask
+from semclip.data.masks import MaskError, read_mask
 from semclip.data.prefetch import Decoded, DecodedBatch, decode_workers, prefetch_batches
 from semclip.drift.embedding import EmbeddingSum
 from semclip.encoder import DualPathEncoder
@@ -183,6 +183,8 @@ class SemclipModel:
             config,  # type: ignore[arg-type]
             name=name,
         )
+        if progress and decoded.skipped:
+            progress(len(decoded.skipped))  # read and left out: done, so the bar ends full
         tensors, hashes = model._support_tensors(decoded, progress, cache)
         proj = backbone.model.visual.proj.detach().float()
         good = model.good_index
@@ -674,10 +676,8 @@ def _support_mask(item: SupportItem, image: LoadedImage) -> np.ndarray | None:
         return np.zeros(image.pixels.shape, dtype=bool) if item.label == GOOD else None
     if isinstance(item.mask, np.ndarray):
         if item.mask.shape[:2] != image.pixels.shape:
-            raise ValueError(
-                f"mask of {item.uri or 'support image'} has size "
-                f"{item.mask.shape[:2]}, its image {image.pixels.shape}"
-            )
+            name = f"array for {item.uri}" if item.uri else "array of a support image"
+            raise MaskError(name, item.mask.shape[:2], image.pixels.shape)  # one wording: HxW
         return item.mask.astype(bool)
     return read_mask(item.mask, image.pixels.shape)
 

@@ -18,7 +18,6 @@ from semclip.data import (
     load_dataset,
     read_manifest,
     read_mvtec,
-    validate_masks,
 )
 from semclip.labels import normalise_label
 
@@ -56,7 +55,6 @@ def test_read_manifest(tmp_path: Path) -> None:
     assert second.group is None and second.row == 2
     assert dataset.classes == ("good", "scratch")
     assert [s.row for s in dataset.by_label()["scratch"]] == [2]
-    validate_masks(dataset)  # same sizes: no error
 
 
 def test_classes_sorted_good_first() -> None:
@@ -140,23 +138,6 @@ def test_mvtec_layout(tmp_path: Path) -> None:
     crack = dataset.by_label()["crack"]
     assert [s.mask.name for s in crack if s.mask] == ["000_mask.png", "001_mask.png"]
     assert all(s.mask is None for s in dataset.by_label()["good"])
-
-
-def test_validate_masks_lists_all_mismatches(tmp_path: Path) -> None:
-    root = tmp_path / "set"
-    for name in ("a", "b", "c"):
-        _png(root / f"{name}.png", (8, 10))
-    _png(root / "ma.png", (8, 11))
-    _png(root / "mb.png", (8, 10))
-    (root / "mc.png").write_bytes(b"not a png")
-    _manifest(root, "image,label,mask\na.png,hole,ma.png\nb.png,hole,mb.png\nc.png,hole,mc.png\n")
-    with pytest.raises(DatasetError) as info:
-        validate_masks(read_manifest(root))
-    message = str(info.value)
-    assert "row 1, column 'mask', path 'ma.png': mask is 8x11 (HxW)" in message
-    assert "image 'a.png' is 8x10" in message
-    assert "row 3, column 'mask', path 'mc.png'" in message
-    assert "row 2" not in message
 
 
 def _samples(spec: list[tuple[str, str | None]]) -> tuple[Sample, ...]:

@@ -16,7 +16,7 @@ from semclip.cli.common import (
     progress_bar,
 )
 from semclip.config import FitConfig
-from semclip.data import draw_support, load_dataset, validate_masks
+from semclip.data import draw_support, load_dataset
 from semclip.model import SemclipModel
 from semclip.prompts import load_prompts
 
@@ -72,7 +72,6 @@ def run(args: argparse.Namespace) -> int:
     ).with_overrides(args.fit)
     dataset = load_dataset(args.data)
     support, _ = draw_support(dataset, args.shots, args.seed)
-    validate_masks(support)
     backbone = backbone_from(args)
     with progress_bar(len(support), "fit: backbone features") as bar:
         model = SemclipModel.fit(

@@ -12,7 +12,6 @@ from semclip.data.dataset import (
     load_dataset,
     read_manifest,
     read_mvtec,
-    validate_masks,
 )
 from semclip.data.images import (
     DEFAULT_MAX_PIXELS,
@@ -43,5 +42,4 @@ __all__ = [
     "read_mask",
     "read_mvtec",
     "read_raw_array",
-    "validate_masks",
 ]

@@ -18,10 +18,8 @@ import numpy as np
 
 from semclip.data.images import (
     IMAGE_SUFFIXES,
-    ImageReadError,
     LoadedImage,
     read_image,
-    read_image_shape,
 )
 from semclip.data.masks import read_mask
 from semclip.labels import normalise_label
@@ -161,6 +159,11 @@ def read_mvtec(root: str | os.PathLike[str]) -> Dataset:
     return Dataset(folder, tuple(samples))
 
 
+def left_out_heading(count: int) -> str:
+    """The one heading of the samples a reader left out, in every report that lists them."""
+    return f"{count} image(s) left out (an unreadable image or mask, or a mask of another size)"
+
+
 def read_sample(sample: Sample) -> tuple[LoadedImage, np.ndarray | None]:
     """Decode a sample's image and its mask (bool, checked against the image's size).
 
@@ -171,38 +174,6 @@ def read_sample(sample: Sample) -> tuple[LoadedImage, np.ndarray | None]:
     image = read_image(sample.image, name=str(sample.image))
     mask = read_mask(sample.mask, image.pixels.shape) if sample.mask is not None else None
     return image, mask
-
-
-def validate_masks(dataset: Dataset) -> None:
-    """Check that every mask opens and has its image's size (headers only, no pixel decode).
-
-    Raises:
-        DatasetError: listing every row whose image or mask is unreadable or mismatched.
-    """
-    problems = []
-    for sample in dataset.samples:
-        if sample.mask is None:
-            continue
-        try:
-            image_shape = read_image_shape(sample.image)
-        except ImageReadError as exc:
-            problems.append(_problem(dataset, sample, "image", sample.image, exc.reason))
-            continue
-        try:
-            mask_shape = read_image_shape(sample.mask)
-        except ImageReadError as exc:
-            problems.append(_problem(dataset, sample, "mask", sample.mask, exc.reason))
-            continue
-        if mask_shape != image_shape:
-            reason = (
-                f"mask is {mask_shape[0]}x{mask_shape[1]} (HxW) but its image "
-                f"'{_relative(dataset, sample.image)}' is {image_shape[0]}x{image_shape[1]}"
-            )
-            problems.append(_problem(dataset, sample, "mask", sample.mask, reason))
-    if problems:
-        raise DatasetError(
-            f"data set '{dataset.root}': {len(problems)} row(s) with bad masks:", problems
-        )
 
 
 def draw_support(dataset: Dataset, shots: int | None, seed: int) -> tuple[Dataset, Dataset]:
@@ -378,13 +349,3 @@ def _warn_duplicates(samples: Sequence[Sample]) -> None:
             )
         else:
             seen[sample.image] = sample.row
-
-
-def _problem(
-    dataset: Dataset, sample: Sample, column: str, path: Path, reason: str
-) -> DatasetProblem:
-    return DatasetProblem(sample.row, column, _relative(dataset, path), reason)
-
-
-def _relative(dataset: Dataset, path: Path) -> str:
-    return str(path.relative_to(dataset.root)) if path.is_relative_to(dataset.root) else str(path)

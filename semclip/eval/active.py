@@ -31,7 +31,7 @@ from typing import Any
 from semclip.backbone import Backbone
 from semclip.config import FitConfig
 from semclip.data.databar import DatabarCrop
-from semclip.data.dataset import Dataset, Sample, read_sample
+from semclip.data.dataset import Dataset, Sample, left_out_heading, read_sample
 from semclip.data.images import ImageReadError
 from semclip.feature_cache import FeatureCache
 from semclip.features import Preprocess
@@ -114,7 +114,7 @@ class ActiveLearningResult:
             f"{c['budget']}); pool {self.n_pool}, test {self.n_test} images.",
             "",
             *(
-                [f"{len(self.unreadable)} unreadable image(s) left out:"]
+                [f"{left_out_heading(len(self.unreadable))}:"]
                 + [f"- {entry}" for entry in self.unreadable]
                 + [""]
                 if self.unreadable

@@ -93,8 +93,8 @@ def encode_dataset(
     """Read every image, run the backbone where the cache misses, read every mask.
 
     An image that cannot be decoded (or that the databar crop would empty), or whose mask
-    cannot be, is left out with its reason; a mask that does not fit its image is an error
-    (validate_masks reports them all, before anything is encoded).
+    cannot be decoded or has another size than its image, is left out with its reason: one
+    labelling error must not cost the evaluation of every other image.
     """
     samples: list[Sample] = []
     parts: list[Features] = []
@@ -108,9 +108,6 @@ def encode_dataset(
         tensors, keys = [], []
         for sample in dataset.samples[sl]:
             try:
-                # validate_masks checked every mask's size from its header; a mask whose
-                # pixels cannot be decoded (truncated) leaves its image out, named, like an
-                # unreadable image, instead of ending the evaluation
                 image, mask = read_sample(sample)
                 tensor = preprocess.image_tensor(image.pixels)
             except (ImageReadError, ValueError) as exc:

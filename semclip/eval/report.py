@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from semclip.config import FitConfig
+from semclip.data.dataset import left_out_heading
 from semclip.eval.pixels import HISTOGRAM_BINS
 from semclip.eval.registry import DEFAULT_METHOD
 from semclip.eval.runner import EvalResult
@@ -275,7 +276,7 @@ def _facts(result: EvalResult) -> list[str]:
     ]
     lines += [f"- Skipped: {line}" for line in result.plan.skipped]
     if enc.unreadable:
-        lines.append(f"- {len(enc.unreadable)} unreadable image(s) left out:")
+        lines.append(f"- {left_out_heading(len(enc.unreadable))}:")
         lines += [f"  - {line}" for line in enc.unreadable]
     lines += [f"- {note}" for note in result.notes]
     return lines

@@ -19,7 +19,7 @@ from typing import Any
 from semclip.backbone import Backbone
 from semclip.config import FitConfig
 from semclip.data.databar import DatabarCrop
-from semclip.data.dataset import Dataset, validate_masks
+from semclip.data.dataset import Dataset
 from semclip.encoder import DualPathEncoder
 from semclip.eval.context import EvalContext
 from semclip.eval.encoded import EncodedSet, Progress, encode_dataset, no_progress
@@ -89,7 +89,6 @@ def run_evaluation(
     """The paper's protocol for every selected method on one data set and one backbone."""
     started = time.perf_counter()
     check_classes(dataset)
-    validate_masks(dataset)
     names = resolve_methods(config.methods)
     preprocess = Preprocess(backbone.image_size, backbone.mean, backbone.std, config.databar)
     n_stages = config.fit_config.n_stages

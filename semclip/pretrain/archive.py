@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from semclip.data import DatabarCrop, load_dataset, read_image, read_mask, validate_masks
+from semclip.data import DatabarCrop, load_dataset, read_image, read_mask
 from semclip.data.dataset import GOOD, MANIFEST, read_sample
 from semclip.data.images import ImageReadError
 from semclip.pretrain.config import SynthArchiveConfig
@@ -180,7 +180,6 @@ def load_archive(
     if unknown:
         log.warning("excluded classes %s are not in the archive %s", unknown, dataset.root)
     dropped = {c: sum(s.label == c for s in dataset.samples) for c in excluded}
-    validate_masks(dataset)  # a mask of another size is a labelling error: refused, all listed
     # Every image (and mask) decoded once here: training decodes per batch when the archive
     # does not fit in memory, and one corrupt file must not end a run hours in, nor cost the
     # rest. The decode reads the bytes the sha256 is taken of, so the file is read once.

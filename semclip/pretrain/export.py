@@ -27,6 +27,7 @@ from semclip.backbone import (
     Backbone,
     save_backbone_dir,
 )
+from semclip.data.dataset import left_out_heading
 from semclip.pretrain.archive import Archive
 from semclip.pretrain.config import PretrainConfig
 from semclip.pretrain.overlap import SEEN_IMAGES, UNLABELED_IMAGES, write_seen_images
@@ -365,7 +366,7 @@ def _data_lines(record: dict[str, Any]) -> list[str]:
         f"- {data['images']} images, classes: {', '.join(data['classes'])}; "
         f"excluded classes: {excluded}",
         *(
-            [f"- {len(unreadable)} unreadable image(s) left out:"]
+            [f"- {left_out_heading(len(unreadable))}:"]
             + [f"  - {entry}" for entry in unreadable[:20]]
             + (
                 [f"  - … and {len(unreadable) - 20} more (pretrain.json)"]
