@@ -203,3 +203,81 @@ def test_s3_without_credentials_says_so_not_that_the_bucket_is_missing(
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)
     assert main(["report", "--date", "2026-11-01"]) == 2
     assert "error: no AWS credentials found" in capsys.readouterr().err
+
+
+class _FailingMlflowServer:
+    """A real HTTP endpoint that answers every MLflow REST call with one status: a registry
+    that is up but failing (503 behind a load balancer) or refusing the credentials (403)."""
+
+    def __init__(self, status: int, body: str) -> None:
+        import http.server
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                payload = body.encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_POST = do_PATCH = do_DELETE = _answer
+
+            def log_message(self, *args: object) -> None:  # quiet test output
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.uri = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        return self.uri
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (503, "<html>Service Unavailable</html>"),  # a proxy's page, not MLflow JSON
+        (500, '{"error_code": "INTERNAL_ERROR", "message": "database is locked"}'),
+    ],
+)
+def test_mlflow_server_errors_are_an_outage_never_no_champion(
+    monkeypatch: pytest.MonkeyPatch, status: int, body: str
+) -> None:
+    """Before: a failing server read as "no registered model", ``alias()`` returned None, and
+    a refit promoted its challenger as ``first-champion`` without the gate."""
+    from tasks.inference import resolve_model
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with _FailingMlflowServer(status, body) as uri:
+        registry = Registry(tracking_uri=uri)
+        with pytest.raises(EndpointUnreachableError, match=f"MLflow registry at {uri}") as err:
+            resolve_model.fn(registry, None)
+        assert "no registered model" not in str(err.value)
+        assert _retried(err.value)
+        with pytest.raises(EndpointUnreachableError):
+            registry.alias("champion")  # never None: None means "no champion, promote"
+
+
+@pytest.mark.slow
+def test_mlflow_refusing_credentials_is_named_and_not_retried(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from semclip.registry.refs import RegistryAccessError
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    body = '{"error_code": "PERMISSION_DENIED", "message": "token lacks READ on models"}'
+    with (
+        _FailingMlflowServer(403, body) as uri,
+        pytest.raises(RegistryAccessError, match="registry at http://127.0.0.1:.* refused") as err,
+    ):
+        Registry(tracking_uri=uri).resolve(None)
+    assert "MLFLOW_TRACKING_TOKEN" in str(err.value)
+    assert not isinstance(err.value, ModelNotFoundError) and not _retried(err.value)

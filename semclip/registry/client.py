@@ -36,6 +36,7 @@ from semclip.registry.refs import (
     MissingArtifactsError,
     ModelNotFoundError,
     ModelRef,
+    RegistryAccessError,
     RegistryError,
     parse_model_uri,
 )
@@ -56,6 +57,10 @@ LOGGED_MODEL_NAME = "model"
 GATE_TAG = "semclip.gate"  # the refit gate's decision on a version (see semclip.refit.gate)
 MANUAL_PROMOTE = "manual-promote"  # GATE_TAG once a person promoted the version
 MANUAL_PREFIX = "semclip.promoted_"  # by, at, from, reason, alias of that promotion
+# MLflow error codes that mean "the server looked and it is not there": a missing model or
+# version, and a missing alias (INVALID_PARAMETER_VALUE from both SQL and REST stores).
+_MISSING_CODES = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"})
+_ACCESS_REFUSED_CODES = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED"})
 _MAX_PARAM_CHARS = 6000  # MLflow's limit on one param value
 _MLFLOW_URI_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 # MLflow's own HTTP defaults (7 retries with back-off doubling from 2 s, a 120 s timeout) kept a
@@ -217,10 +222,27 @@ class Registry:
             ) from None
 
     def _raise_if_unreachable(self, exc: BaseException) -> None:
-        """An MLflow error that is really "no connection" becomes
-        :class:`EndpointUnreachableError` naming the server: an outage (retried), not a
-        missing model. Anything else is left to the caller."""
+        """Only an answer "no such thing" may become :class:`ModelNotFoundError`.
+
+        MLflow raises one ``MlflowException`` for everything, so a server that is down, or
+        up but failing (HTTP 5xx after its retries, a proxy's 502), read as "no registered
+        model": ``alias()`` then said "no champion" and a refit promoted itself without the
+        gate. Here a connection failure or a server error becomes
+        :class:`EndpointUnreachableError` naming the server (an outage, retried), refused
+        credentials become :class:`RegistryAccessError`, and anything else is left to the
+        caller, which reports what is missing.
+        """
         if is_connection_failure(exc):
+            raise EndpointUnreachableError("the MLflow registry", self.where(), exc) from exc
+        if not isinstance(exc, MlflowException):
+            return
+        if exc.error_code in _ACCESS_REFUSED_CODES:
+            raise RegistryAccessError(
+                f"the MLflow registry at {self.where()} refused this client "
+                f"({exc.error_code}: {exc.message}); set MLFLOW_TRACKING_TOKEN or "
+                "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD for this worker"
+            ) from exc
+        if exc.error_code not in _MISSING_CODES:
             raise EndpointUnreachableError("the MLflow registry", self.where(), exc) from exc
 
     @contextmanager

@@ -16,6 +16,7 @@ __all__ = [
     "RANDOM_BACKBONE_NOTE",
     "RANDOM_BACKBONE_TAG",
     "ModelNotFoundError",
+    "RegistryAccessError",
     "ModelRef",
     "RegistryError",
     "parse_model_uri",
@@ -37,6 +38,12 @@ class RegistryError(ValueError):
 
 class ModelNotFoundError(RegistryError):
     """No such registered model, version or alias."""
+
+
+class RegistryAccessError(RegistryError, PermissionError):
+    """The registry answered but refused these credentials (401/403): not a missing model,
+    and not an outage either. A ``PermissionError``, so the I/O retry policy does not retry
+    it: the same token fails the same way again."""
 
 
 class CorruptRegistryModelError(RegistryError):
