@@ -186,3 +186,54 @@ def test_corrupt_file_is_quarantined_and_other_dates_still_query(
     assert broken_uri in caplog.text and f"{CORRUPT_DIR}/date={DAY}/" in caplog.text
     assert _files(bucket, f"predictions/date={DAY}") == [PART_FILE]
     assert summarize_dates(fs, root, [DAY, OTHER_DAY]).rows == 38
+
+
+def _rot_first_page(bucket: BucketCase, path: str) -> None:
+    """Bit rot inside the first data page's header; the footer stays valid, so the file
+    opens and only reading its rows fails (pyarrow: ``OSError: Couldn't deserialize
+    thrift``, which looked like a transient I/O error)."""
+    data = bytearray(bucket.fs.cat_file(path))
+    data[4:28] = b"\xff" * 24  # just after the leading PAR1 magic
+    bucket.fs.pipe_file(path, bytes(data))
+    pq.read_metadata(pa.BufferReader(bytes(data)))  # the footer alone still reads
+
+
+def test_bit_rot_in_a_data_page_is_corrupt_not_transient(
+    bucket: BucketCase, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before: the reader raised that OSError, the task retried it as I/O and failed every
+    night: the date's partition could never be rewritten."""
+    fs, root = bucket.fs, bucket.root
+    write_partition(fs, root, DAY, _rows("rotten", 20))
+    part = f"{root}/predictions/date={DAY}/{PART_FILE}"
+    _rot_first_page(bucket, part)
+
+    with caplog.at_level(logging.ERROR, logger="semclip.io.partitions"):
+        assert len(read_partition(fs, root, DAY)) == 0  # skipped, named, not raised
+    assert fs.unstrip_protocol(part) in caplog.text and "not readable Parquet" in caplog.text
+
+    write_partition(fs, root, DAY, _rows("rotten", 20))  # the run predicts them again
+    assert len(_files(bucket, f"{CORRUPT_DIR}/date={DAY}")) == 1  # bytes kept for a post-mortem
+    assert _uris(read_partition(fs, root, DAY)) == _uris(_rows("rotten", 20))
+
+
+def test_a_failed_fetch_of_a_partition_stays_a_retried_io_error(
+    bucket: BucketCase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other side of the line: a network error while fetching the bytes is no
+    corruption; it propagates as the OSError it is (retried), and nothing is moved."""
+    fs, root = bucket.fs, bucket.root
+    write_partition(fs, root, DAY, _rows("fine", 5))
+    real_open = type(fs).open
+
+    def flaky_open(self: Any, path: str, mode: str = "rb", **kwargs: Any) -> Any:
+        if "r" in mode and path.endswith(PART_FILE):
+            raise ConnectionResetError(104, "Connection reset by peer")
+        return real_open(self, path, mode, **kwargs)
+
+    monkeypatch.setattr(type(fs), "open", flaky_open)
+    with pytest.raises(ConnectionResetError):
+        read_partition(fs, root, DAY)
+    monkeypatch.undo()
+    assert _files(bucket, f"{CORRUPT_DIR}/date={DAY}") == []
+    assert len(read_partition(fs, root, DAY)) == 5

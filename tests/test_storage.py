@@ -4,6 +4,8 @@ shots, quarantine and the idempotent prediction partition."""
 from __future__ import annotations
 
 import datetime as dt
+import errno
+import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,6 +15,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
+from faults import Fault, inject_faults
 
 from semclip.io.bucket import BucketNotFoundError, open_bucket
 from semclip.io.confirmed import ConfirmedShotsError, load_confirmed, read_confirmed
@@ -383,6 +386,46 @@ def test_rerunning_a_date_quarantines_each_input_once(bucket: BucketCase) -> Non
     table = read_quarantine(bucket.fs, bucket.root, DAY).sort_by("reason")
     assert table.column("reason").to_pylist() == ["duplicate of y.png", "truncated PNG"]
     assert table.column("flow_run_id").to_pylist() == ["run-2", "run-1"]
+
+
+def test_full_disk_while_quarantining_leaves_no_cut_short_file(
+    bucket: BucketCase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: the file was written in place, a full disk left half of it, and every later
+    read of the date's quarantine raised ArrowInvalid: the date was wedged for good."""
+    fs, root = bucket.fs, bucket.root
+    write_quarantine(fs, root, DAY, [{"image_uri": "a", "reason": "truncated PNG"}])
+    (full,) = inject_faults(monkeypatch, fs, Fault.enospc("*quarantine*", after_bytes=64))
+    with pytest.raises(OSError) as caught:
+        write_quarantine(fs, root, DAY, [{"image_uri": "b", "reason": "not an image"}])
+    assert caught.value.errno == errno.ENOSPC and full.fired
+    monkeypatch.undo()
+
+    fs.invalidate_cache()
+    assert len(fs.find(f"{root}/quarantine/date={DAY}")) == 1  # only the first, whole file
+    assert read_quarantine(fs, root, DAY).column("image_uri").to_pylist() == ["a"]
+    write_quarantine(fs, root, DAY, [{"image_uri": "b", "reason": "not an image"}])  # room again
+    assert sorted(read_quarantine(fs, root, DAY).column("image_uri").to_pylist()) == ["a", "b"]
+
+
+def test_a_damaged_quarantine_file_is_named_and_left_out_not_fatal(
+    bucket: BucketCase, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file cut short by an older writer, or rotten: the date's other rows still read, the
+    next write records its inputs again, and the log names the file."""
+    fs, root = bucket.fs, bucket.root
+    write_quarantine(fs, root, DAY, [{"image_uri": "kept", "reason": "truncated PNG"}])
+    damaged = write_quarantine(fs, root, DAY, [{"image_uri": "lost", "reason": "not an image"}])
+    assert damaged is not None
+    path = fs._strip_protocol(damaged)
+    fs.pipe_file(path, fs.cat_file(path)[:100])
+
+    with caplog.at_level(logging.ERROR, logger="semclip.io.tables"):
+        assert read_quarantine(fs, root, DAY).column("image_uri").to_pylist() == ["kept"]
+    assert damaged in caplog.text and "not readable Parquet" in caplog.text
+    write_quarantine(fs, root, DAY, [{"image_uri": "lost", "reason": "not an image"}])
+    uris = sorted(read_quarantine(fs, root, DAY).column("image_uri").to_pylist())
+    assert uris == ["kept", "lost"]
 
 
 def test_quarantine_rows_are_checked() -> None:

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 from fsspec import AbstractFileSystem
 from pyarrow.fs import FSSpecHandler, PyFileSystem
 
@@ -42,7 +41,7 @@ from semclip.io.staging import (
     staging_path,
     sweep_orphans,
 )
-from semclip.io.tables import parquet_files, row_keys
+from semclip.io.tables import CorruptParquetError, parquet_files, read_parquet_file, row_keys
 
 __all__ = [
     "CORRUPT_DIR",
@@ -247,32 +246,15 @@ def _read_files(
     tables, corrupt = [], []
     for path in paths:
         try:
-            with fs.open(path, "rb") as f:
-                parquet = pq.ParquetFile(f)
-                present = [n for n in schema.names if n in parquet.schema_arrow.names]
-                raw = parquet.read(columns=present, use_threads=False)
-        except pa.ArrowInvalid as exc:  # not Parquet, or cut short: not a transient error
+            tables.append(read_parquet_file(fs, path, schema))
+        except CorruptParquetError as exc:  # bad bytes, not a transient error
             log.error(
-                "corrupt Parquet file %s skipped (%s); the next write of the date moves it to %s/",
-                fs.unstrip_protocol(path),
+                "corrupt Parquet file skipped: %s; the next write of the date moves it to %s/",
                 exc,
                 CORRUPT_DIR,
             )
             corrupt.append(path)
-            continue
-        tables.append(_conform(raw, schema))
     return tables, corrupt
-
-
-def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """``table`` with exactly ``schema``'s columns: cast where present, null where missing."""
-    arrays = [
-        table.column(f.name).cast(f.type)
-        if f.name in table.column_names
-        else pa.nulls(table.num_rows, f.type)
-        for f in schema
-    ]
-    return pa.Table.from_arrays(arrays, schema=schema)
 
 
 def _hive_partitioning() -> ds.Partitioning:

@@ -8,10 +8,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from fsspec import AbstractFileSystem
 
 from semclip.io.pipeline_schema import QUARANTINE_SCHEMA, quarantine_records_to_table
+from semclip.io.staging import parquet_bytes, replace_atomically, staging_path
 from semclip.io.tables import read_parquet_files, row_keys
 
 __all__ = ["QUARANTINE_KEY", "read_quarantine", "write_quarantine"]
@@ -30,6 +30,12 @@ def write_quarantine(
     of the date leaves one row per broken input, stamped by the run that first met it, and
     a count over the folder stays a count of inputs. Returns the new file's URI, or ``None``
     when there was nothing new to write. ``quarantined_at`` defaults to now.
+
+    The file is staged and swapped in whole (:func:`semclip.io.staging.replace_atomically`):
+    a full disk or a kill mid-write leaves no cut-short file for every later read of the
+    date to trip on, and the caller gets the write's own error. A damaged file already
+    there is left out of the reads with an error log (:func:`read_parquet_files`), so its
+    inputs are recorded again rather than the date failing forever.
     """
     table = quarantine_records_to_table(rows)
     if table.num_rows == 0:
@@ -42,10 +48,11 @@ def write_quarantine(
         table = table.filter(pa.array(fresh, type=pa.bool_()))
         if table.num_rows == 0:
             return None
-    path = f"{folder}/{uuid.uuid4().hex}.parquet"
+    name = f"{uuid.uuid4().hex}.parquet"
+    path = f"{folder}/{name}"
     fs.makedirs(folder, exist_ok=True)
-    with fs.open(path, "wb") as f:
-        pq.write_table(table, f)
+    staged = staging_path(root, "quarantine", run_date, name)
+    replace_atomically(fs, staged, path, parquet_bytes(table), table.num_rows)
     return fs.unstrip_protocol(path)
 
 
