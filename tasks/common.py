@@ -39,6 +39,7 @@ __all__ = [
     "date_limit",
     "ensure_limit",
     "hold_slot",
+    "is_transient",
     "retry_on_transient",
     "run_logger",
 ]
@@ -79,8 +80,12 @@ def retry_on_transient(task: Task[Any, Any], task_run: TaskRun, state: State[Any
             exc = state.result(raise_on_failure=False)
         except Exception as caught:  # noqa: BLE001 - reading the failure itself failed
             exc = caught
-    if exc is None:
-        return False
+    return exc is not None and is_transient(exc)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """An I/O or network error that may pass by waiting (the retry policy's rule): any
+    ``OSError`` but a missing or forbidden path, or a connection failure however wrapped."""
     if isinstance(exc, OSError) and not isinstance(exc, _PERMANENT):
         return True
     return is_connection_failure(exc)

@@ -39,7 +39,7 @@ from semclip.io.staging import is_local, parquet_bytes, replace_atomically, stag
 from semclip.prediction import Prediction, fill_pixel_size
 from semclip.registry.client import Registry
 from semclip.registry.refs import ModelRef
-from tasks.common import IO_RETRIES, BucketRef, run_logger
+from tasks.common import IO_RETRIES, BucketRef, is_transient, run_logger
 
 __all__ = [
     "ShardResult",
@@ -133,7 +133,7 @@ def read_done_hashes(bucket: BucketRef, run_date: dt.date, model_version: str) -
     return dict(sorted(done.items()))
 
 
-@task(name="predict_shard", cache_policy=NO_CACHE)
+@task(name="predict_shard", cache_policy=NO_CACHE, **IO_RETRIES)
 def predict_shard(
     bucket: BucketRef,
     registry: Registry,
@@ -153,8 +153,12 @@ def predict_shard(
     Unreadable means: a link out of a local bucket (not followed), bytes that cannot be
     fetched, or an image the model cannot decode (corrupt, above ``max_image_pixels``, out
     of memory). Each gets its reason in quarantine; the other images of the shard go on.
-    No retries: this is compute, and the I/O inside (fetching bytes, staging rows) goes
-    through fsspec, whose S3 client already retries transient errors.
+    An image whose bytes are missing or forbidden is quarantined; a fetch that failed on
+    the way (a connection reset, a 503 once s3fs's own retries are spent) is no fault of
+    the image: the shard raises it before any compute, and the I/O retry policy runs the
+    shard again. A second attempt adds nothing twice: the flow merges only the staged file
+    that a task returned, the embedding sum is named by run and shard (replaced, not added),
+    and quarantine rows already recorded for the date are not written again.
     """
     fs, root = bucket.open()
     done = dict(done_hashes)  # content hash → the URI whose row holds it
@@ -162,6 +166,9 @@ def predict_shard(
     quarantine = [_quarantine_row(u, reason, flow_run_id) for u, reason in escaped.items()]
     inside = [u for u in uris if u not in escaped]
     data = fetch_bytes(fs, inside)
+    failed = [value for value in data.values() if isinstance(value, Exception)]
+    if transient := next((e for e in failed if is_transient(e)), None):
+        raise transient
     todo: list[tuple[str, bytes]] = []
     for uri in inside:
         value = data[uri]

@@ -189,3 +189,26 @@ def test_class_mix_change_alone_flags() -> None:
     assert same.class_js == pytest.approx(0.0) and same.embedding_distance is None
     assert flood.class_js is not None and flood.class_js > 0.4 and flood.score == flood.class_js
     assert DriftScore().score is None
+
+
+def test_a_shard_that_runs_again_replaces_its_sum_instead_of_adding_it(
+    bucket: BucketCase,
+) -> None:
+    """A retried shard (or one whose Dask worker died after writing) writes its sum again:
+    the drift mean must count its images once, as the partition does."""
+    fs, root = bucket.fs, bucket.root
+    for attempt in range(2):
+        write_embedding_sum(
+            fs,
+            root,
+            START,
+            EmbeddingSum(np.array([2.0 + attempt, 0.0]), 2),
+            model_name="semclip-sem",
+            model_version="1",
+            flow_run_id="run-7",
+            shard=3,
+        )
+    sums = read_embedding_sums(
+        fs, root, START, model_name="semclip-sem", model_version="1", flow_run_ids={"run-7"}
+    )
+    assert sums.count == 2 and sums.mean() == pytest.approx([1.5, 0.0])  # the last attempt

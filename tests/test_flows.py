@@ -141,6 +141,51 @@ def test_nightly_quarantines_corrupt_inputs_and_reruns_idempotently(
     assert reasons[fs.unstrip_protocol(copy)].endswith(f"as {new_uri}, predicted under that URI")
 
 
+def test_a_transient_fetch_error_retries_the_shard_instead_of_quarantining_the_image(
+    kit: Kit, pipeline_env: PipelineEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: a connection reset while fetching one image (s3fs's own retries spent) was
+    quarantined as "cannot fetch" and the run ended Completed with that image unpredicted."""
+    import tasks.inference
+
+    fs, root = pipeline_env.fs, pipeline_env.root
+    kit.write_raw_dump(fs, root, kit.RUN_DATE, 6)
+    real_fetch = tasks.inference.fetch_bytes
+    resets: list[str] = []
+
+    def flaky_fetch(fs: Any, uris: Any) -> dict[str, Any]:
+        out = real_fetch(fs, uris)
+        for uri in out:
+            if uri.endswith("D0002.png") and not resets:  # the first attempt only
+                resets.append(uri)
+                out[uri] = ConnectionResetError(104, "Connection reset by peer")
+        return out
+
+    monkeypatch.setattr(tasks.inference, "fetch_bytes", flaky_fetch)
+    monkeypatch.setattr(tasks.inference.predict_shard, "retry_delay_seconds", [0, 0])
+
+    report = nightly_inference(run_date=kit.RUN_DATE.isoformat())
+
+    assert resets, "the fault did not fire"
+    assert (report.images, report.predicted, report.quarantined) == (8, 6, 2)
+    quarantined = {
+        Path(q["image_uri"]).name for q in read_quarantine(fs, root, kit.RUN_DATE).to_pylist()
+    }
+    assert quarantined == {"garbage.png", "truncated.png"}  # not D0002.png
+    uris = read_partition(fs, root, kit.RUN_DATE).column("image_uri").to_pylist()
+    assert resets[0] in uris and len(uris) == len(set(uris)) == 6
+
+
+def test_a_missing_image_is_quarantined_not_retried() -> None:
+    """The other side of the line: a file gone between listing and fetching is no outage."""
+    from tasks.common import is_transient
+
+    assert not is_transient(FileNotFoundError("raw/2026-03-01/D1.png"))
+    assert not is_transient(PermissionError("Access Denied"))
+    assert is_transient(ConnectionResetError(104, "Connection reset by peer"))
+    assert is_transient(OSError("SlowDown: please reduce your request rate"))
+
+
 def test_nightly_quarantines_a_bomb_and_links_out_and_keeps_pngs_under_a_tiff_page(
     kit: Kit,
     pipeline_env: PipelineEnv,

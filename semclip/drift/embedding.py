@@ -84,9 +84,12 @@ def write_embedding_sum(
     flow_run_id: str | None,
     shard: int,
 ) -> str | None:
-    """Stage one shard's sum as ``embeddings/<run>-shard-<i>-<token>.parquet``; its URI.
+    """Stage one shard's sum as ``embeddings/<run>-shard-<i>.parquet``; its URI.
 
     Nothing is written for an empty sum. The write is atomic (``_staging/`` then a swap).
+    The name is fixed per flow run and shard, so a shard that runs again (a retry, a Dask
+    worker lost after writing it) replaces its sum instead of adding it a second time.
+    Outside a flow run (no id) each call gets a fresh token: nothing identifies a rerun.
     """
     if not sums.count or sums.total is None:
         return None
@@ -102,7 +105,8 @@ def write_embedding_sum(
         ],
         schema=EMBEDDING_SCHEMA,
     )
-    name = f"{flow_run_id or 'local'}-shard-{shard:05d}-{uuid.uuid4().hex[:8]}.parquet"
+    token = "" if flow_run_id else f"-{uuid.uuid4().hex[:8]}"
+    name = f"{flow_run_id or 'local'}-shard-{shard:05d}{token}.parquet"
     final = f"{embeddings_folder(root, run_date)}/{name}"
     staged = staging_path(root, "drift", run_date, name)
     replace_atomically(fs, staged, final, parquet_bytes(table), 1)
