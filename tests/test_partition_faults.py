@@ -237,3 +237,28 @@ def test_a_failed_fetch_of_a_partition_stays_a_retried_io_error(
     monkeypatch.undo()
     assert _files(bucket, f"{CORRUPT_DIR}/date={DAY}") == []
     assert len(read_partition(fs, root, DAY)) == 5
+
+
+def test_a_long_run_of_another_date_keeps_its_staged_shards(bucket: BucketCase) -> None:
+    """Before: any partition write swept every staged file past 6 h, so a night that ran
+    longer (100k images on one machine) lost its shards to another date's write and failed
+    at its merge after hours of compute."""
+    from semclip.io.staging import staging_path
+
+    fs, root = bucket.fs, bucket.root
+    now = dt.datetime.now(dt.UTC)
+
+    def staged(day: dt.date, age: dt.timedelta) -> str:
+        path = staging_path(root, "nightly", day, "run-shard-00000.parquet", now=now - age)
+        fs.pipe_file(path, b"rows")
+        return path
+
+    live_elsewhere = staged(OTHER_DAY, dt.timedelta(hours=8))  # a long run of another date
+    stale_elsewhere = staged(OTHER_DAY, dt.timedelta(days=8))  # no run lives for a week
+    orphan_here = staged(DAY, dt.timedelta(hours=8))  # DAY's lock: no other writer of DAY
+
+    write_partition(fs, root, DAY, _rows("a", 3))
+
+    fs.invalidate_cache()
+    assert fs.exists(live_elsewhere)
+    assert not fs.exists(stale_elsewhere) and not fs.exists(orphan_here)

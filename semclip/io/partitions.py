@@ -36,6 +36,7 @@ from semclip.io.pipeline_schema import PARTITION_FIELD, PIPELINE_PREDICTION_SCHE
 from semclip.io.schema import validate_table
 from semclip.io.staging import (
     ORPHAN_GRACE,
+    STALE_GRACE,
     parquet_bytes,
     replace_atomically,
     staging_path,
@@ -127,7 +128,8 @@ def write_partition(
     a no-op in content and never duplicates. The union is written as the single object
     ``part-0.parquet`` through a staged copy (module doc): a failure at any point leaves the
     old rows in full. Afterwards files of the old layout are deleted, corrupt files are moved
-    to ``quarantine/corrupt/``, and staged orphans older than ``orphan_grace`` are swept.
+    to ``quarantine/corrupt/``, and staged orphans of this date older than ``orphan_grace``
+    (of other dates: older than :data:`~semclip.io.staging.STALE_GRACE`) are swept.
 
     One writer per date at a time: two concurrent writers of a date each keep only their own
     union (the nightly flow holds a per-date lock around read and write for this).
@@ -154,7 +156,8 @@ def write_partition(
     for path in [*read.files, *read.superseded]:  # now inside part-0.parquet
         if path != final:
             fs.rm(path)
-    sweep_orphans(fs, root, grace=orphan_grace)
+    sweep_orphans(fs, root, grace=orphan_grace, dates=[run_date])  # the date we hold
+    sweep_orphans(fs, root, grace=max(orphan_grace, STALE_GRACE))  # maybe a live run's
     kept = sum(keep)
     return PartitionWrite(
         uri=fs.unstrip_protocol(folder),

@@ -24,7 +24,7 @@ import logging
 import os
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -36,6 +36,7 @@ from semclip.io.bucket import find_files
 __all__ = [
     "ORPHAN_GRACE",
     "STAGING_DIR",
+    "STALE_GRACE",
     "StagedFileError",
     "is_local",
     "parquet_bytes",
@@ -51,6 +52,9 @@ STAGING_DIR = "_staging"  # at the bucket root, outside predictions/ and quarant
 # A staged file older than this belongs to no live writer (a partition write takes seconds to
 # minutes, a nightly's shards live for the run): it is an orphan of a killed or failed run.
 ORPHAN_GRACE = dt.timedelta(hours=6)
+# Staged files of *other* dates may belong to a live run of that date, and a night of 100k
+# images on one CPU machine can run past ORPHAN_GRACE: they are swept only past this age.
+STALE_GRACE = dt.timedelta(days=7)
 _STAMPED = re.compile(r"^(?P<ms>\d{13})-")
 
 
@@ -128,18 +132,26 @@ def sweep_orphans(
     *,
     grace: dt.timedelta = ORPHAN_GRACE,
     now: dt.datetime | None = None,
+    dates: Collection[dt.date] | None = None,
 ) -> list[str]:
     """Delete staged files under ``_staging/`` older than ``grace``; returns their URIs.
 
     Age comes from the stamp in the path (see module doc); a path without one is not ours and
-    is left alone. Safe beside live writers as long as ``grace`` exceeds the longest write.
+    is left alone. Only files under a ``date=<d>`` folder of ``dates`` are considered when it
+    is given. Safe beside live writers as long as ``grace`` exceeds the longest write; the
+    partition writer therefore sweeps its own date (whose other writers its date lock keeps
+    out) at :data:`ORPHAN_GRACE` and every other date only at :data:`STALE_GRACE`.
     """
     now_ms = int((now or dt.datetime.now(dt.UTC)).timestamp() * 1000)
     limit_ms = grace.total_seconds() * 1000
     base = f"{root}/{STAGING_DIR}"
+    wanted = None if dates is None else {f"date={d.isoformat()}" for d in dates}
     removed = []
     for path in find_files(fs, base):
-        stamps = [m for part in path[len(base) :].split("/") if (m := _STAMPED.match(part))]
+        parts = path[len(base) :].split("/")
+        if wanted is not None and not wanted.intersection(parts):
+            continue
+        stamps = [m for part in parts if (m := _STAMPED.match(part))]
         if not stamps or now_ms - int(stamps[0]["ms"]) <= limit_ms:
             continue
         with contextlib.suppress(FileNotFoundError):
