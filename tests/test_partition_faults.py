@@ -207,6 +207,9 @@ def test_bit_rot_in_a_data_page_is_corrupt_not_transient(
     write_partition(fs, root, DAY, _rows("rotten", 20))
     part = f"{root}/predictions/date={DAY}/{PART_FILE}"
     _rot_first_page(bucket, part)
+    uri = fs.unstrip_protocol(part).replace(".", r"\.")
+    with pytest.raises(CorruptPredictionFileError, match=uri):  # not DuckDB's nameless error
+        summarize_dates(fs, root, [DAY])
 
     with caplog.at_level(logging.ERROR, logger="semclip.io.partitions"):
         assert len(read_partition(fs, root, DAY)) == 0  # skipped, named, not raised

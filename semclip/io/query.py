@@ -27,12 +27,12 @@ from dataclasses import dataclass
 import duckdb
 import fsspec
 import pyarrow as pa
-import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from semclip.io.bucket import find_files
 from semclip.io.partitions import CORRUPT_DIR, live_files
 from semclip.io.pipeline_schema import PARTITION_FIELD, PIPELINE_PREDICTION_SCHEMA
+from semclip.io.tables import CorruptParquetError, read_parquet_file
 
 __all__ = [
     "CURRENT_MACRO_SQL",
@@ -88,9 +88,11 @@ def prediction_files(
     """URIs of the live prediction files of ``dates`` (all dates when ``None``), checked.
 
     Only the requested dates' partitions are listed, so a broken file of another date never
-    breaks this query. Each file's Parquet footer is read (one small read): a corrupt one
-    raises :class:`CorruptPredictionFileError` naming it when its date was asked for, and is
-    left out with an error log in an all-dates query.
+    breaks this query. Each file is read whole once before DuckDB sees it: checking only the
+    footer let a damaged data page through, and DuckDB then failed mid-query with
+    ``don't know what type`` and no file named. A corrupt one raises
+    :class:`CorruptPredictionFileError` naming it when its date was asked for, and is left
+    out with an error log in an all-dates query.
     """
     if dates is None:
         folders = sorted({p.rsplit("/", 1)[0] for p in find_files(fs, f"{root}/predictions")})
@@ -101,13 +103,11 @@ def prediction_files(
     for day in wanted:
         for path in live_files(fs, root, day)[0]:
             try:
-                with fs.open(path, "rb") as f:
-                    pq.read_metadata(f)
-            except pa.ArrowInvalid as exc:
+                read_parquet_file(fs, path, PIPELINE_PREDICTION_SCHEMA)
+            except CorruptParquetError as exc:
                 message = (
-                    f"prediction file {fs.unstrip_protocol(path)} is not readable Parquet "
-                    f"({exc}); run nightly-inference for {day} again: it moves the file to "
-                    f"{CORRUPT_DIR}/ and predicts its images again"
+                    f"prediction file {exc}; run nightly-inference for {day} again: it moves "
+                    f"the file to {CORRUPT_DIR}/ and predicts its images again"
                 )
                 if dates is not None:
                     raise CorruptPredictionFileError(message) from exc
