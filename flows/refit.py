@@ -268,7 +268,7 @@ def refit(
             git_commit=commit,
             holdout_unlabeled_overlap=overlap,
         )
-        champion_after = update_aliases(registry, version, decision.promote)
+        champion_after, decision = update_aliases(registry, version, decision, champion)
     finally:
         remove_staging(str(staging))
     report = RefitReport(

@@ -19,7 +19,7 @@ from semclip.io.confirmed import load_confirmed
 from semclip.refit.backbone import BackboneChoice, choose_backbone
 from semclip.refit.decode import load_holdout, support_items
 from semclip.refit.evaluate import HoldoutMetrics, evaluate
-from semclip.refit.gate import GateConfig, GateDecision, gate
+from semclip.refit.gate import GateConfig, GateDecision, gate, recheck_champion
 from semclip.refit.provenance import UNKNOWN_COMMIT, git_commit
 from semclip.refit.shots import (
     LabelConflict,
@@ -30,7 +30,7 @@ from semclip.refit.shots import (
     shots_from_frame,
 )
 from semclip.refit.split import exclude_trained, select_support, split_shots
-from semclip.registry.client import Registry
+from semclip.registry.client import GATE_TAG, Registry
 from semclip.registry.refs import CHALLENGER, CHAMPION, ModelRef
 from tasks.common import IO_RETRIES, BucketRef
 
@@ -310,7 +310,7 @@ def register_candidate(
     if evaluation.champion is not None:
         metrics.update(evaluation.champion.loggable("champion"))
     tags = {
-        "semclip.gate": decision.decision,
+        GATE_TAG: decision.decision,
         "semclip.backbone": candidate.backbone,
         "semclip.champion_before": champion.version if champion else "none",
         "semclip.flow_run_id": flow_run_id or "none",
@@ -399,12 +399,32 @@ def version_description(candidate: Candidate, decision: GateDecision, git_commit
 
 
 @task(name="update_aliases")
-def update_aliases(registry: Registry, version: ModelRef, promote: bool) -> ModelRef | None:
-    """``challenger`` → the new version always; ``champion`` only when the gate said so."""
+def update_aliases(
+    registry: Registry, version: ModelRef, decision: GateDecision, judged: ModelRef | None
+) -> tuple[ModelRef | None, GateDecision]:
+    """``challenger`` → the new version always; ``champion`` only when the gate said so *and*
+    the champion is still the one the gate judged (``judged``): ``(champion now, decision)``.
+
+    The champion is read again right before the move (:func:`recheck_champion`): two refits
+    that overlap (the weekly one and an adapt-backbone run) both judged v1, and the second
+    used to move the champion from the first's new version to its own, which no gate had
+    compared. Such a candidate is held instead, its ``semclip.gate`` tag saying why.
+    MLflow has no compare-and-set on aliases, so a move in the milliseconds between this
+    read and the write is still possible; minutes of fitting no longer are.
+    """
     registry.set_alias(CHALLENGER, version.version)
-    if promote:
-        registry.promote(version.version, CHAMPION)
-    return registry.alias(CHAMPION)
+    if decision.promote:
+        current = registry.alias(CHAMPION)
+        decision = recheck_champion(
+            decision,
+            judged.version if judged else None,
+            current.version if current else None,
+        )
+        if decision.promote:
+            registry.promote(version.version, CHAMPION)
+        else:
+            registry.annotate(version, tags={GATE_TAG: decision.decision})
+    return registry.alias(CHAMPION), decision
 
 
 @task(name="remove_staging", cache_policy=NO_CACHE)

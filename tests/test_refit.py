@@ -24,7 +24,16 @@ from semclip.metrics import classification_metrics
 from semclip.refit.backbone import BackboneChoice, choose_backbone, load_chosen_backbone
 from semclip.refit.decode import load_holdout, support_items
 from semclip.refit.evaluate import HoldoutMetrics, evaluate
-from semclip.refit.gate import GateConfig, _macro_f1, bootstrap_f1_gain, gate
+from semclip.refit.gate import (
+    FIRST,
+    HOLD,
+    PROMOTE,
+    GateConfig,
+    GateDecision,
+    _macro_f1,
+    bootstrap_f1_gain,
+    gate,
+)
 from semclip.refit.provenance import git_commit
 from semclip.refit.shots import (
     RefitError,
@@ -45,6 +54,8 @@ from semclip.settings import DEFAULT_PATH_REGEX
 
 if TYPE_CHECKING:
     from conftest_pipeline import Kit
+
+    from semclip.registry.client import Registry
 
 pytest_plugins = ["conftest_pipeline"]
 
@@ -482,3 +493,48 @@ def test_a_confirmed_mask_of_another_size_is_left_out_in_the_common_wording() ->
     assert [s.image_uri for s in held.shots] == [f"{root}/b.png"]
     (problem,) = held.problems
     assert "is 64x200 (HxW) but its image is 128x128" in problem
+
+
+# --------------------------------------------------------------------------- two refits
+
+
+@pytest.mark.slow  # a real MLflow registry
+def test_overlapping_refits_never_promote_past_a_champion_no_gate_judged(
+    champion_registry: Registry, small_model_dir: Path
+) -> None:
+    """Refit A and refit B both judged champion v1 (the weekly refit beside an adapt-backbone
+    run). A promotes v2. Before: B then moved the champion v2 → v3, a version no gate ever
+    compared with v2. Now B is held, saying why, and its version's gate tag records it."""
+    from semclip.refit.gate import CHAMPION_MOVED
+    from semclip.registry.client import GATE_TAG
+    from semclip.registry.refs import CHAMPION
+    from tasks.refit import update_aliases
+
+    registry = champion_registry
+    judged = registry.alias(CHAMPION)  # what both refits' resolve_champion returned
+    assert judged is not None and judged.version == "1"
+    passed = GateDecision(True, "macro F1 gain +0.30 (lower bound +0.12)", decision=PROMOTE)
+    v2 = registry.log_version(small_model_dir, run_name="refit-A")
+    v3 = registry.log_version(small_model_dir, run_name="refit-B")
+
+    after_a, decision_a = update_aliases.fn(registry, v2, passed, judged)
+    assert after_a is not None and after_a.version == v2.version and decision_a.promote
+
+    after_b, decision_b = update_aliases.fn(registry, v3, passed, judged)
+    assert after_b is not None and after_b.version == v2.version  # not moved past v2
+    assert not decision_b.promote and decision_b.decision == CHAMPION_MOVED
+    assert f"v{v2.version} now" in decision_b.reason and "against champion v1" in decision_b.reason
+    assert registry.resolve(v3.version).tags[GATE_TAG] == CHAMPION_MOVED
+    assert registry.alias("challenger").version == v3.version  # still there to judge again
+
+
+def test_a_champion_that_stayed_put_is_promoted_past_as_the_gate_said() -> None:
+    from semclip.refit.gate import recheck_champion
+
+    passed = GateDecision(True, "macro F1 gain +0.30", decision=PROMOTE)
+    assert recheck_champion(passed, "1", "1") is passed
+    held = GateDecision(False, "no gain", decision=HOLD)
+    assert recheck_champion(held, "1", "2") is held  # a hold stays the gate's own hold
+    first = GateDecision(True, "no champion yet", decision=FIRST)
+    moved = recheck_champion(first, None, "4")  # a champion appeared meanwhile
+    assert not moved.promote and "against champion none" in moved.reason

@@ -20,7 +20,7 @@ every :class:`GateDecision`, for the refit report and MLflow.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -29,6 +29,7 @@ from semclip.data.dataset import GOOD
 from semclip.refit.evaluate import HoldoutMetrics
 
 __all__ = [
+    "CHAMPION_MOVED",
     "FIRST",
     "HOLD",
     "INSUFFICIENT",
@@ -37,12 +38,14 @@ __all__ = [
     "GateDecision",
     "bootstrap_f1_gain",
     "gate",
+    "recheck_champion",
 ]
 
 
 _EPS = 1e-9  # gate comparisons: a gain of exactly the threshold passes
 # The decision words, as the ``semclip.gate`` tag and the report carry them.
 FIRST, PROMOTE, HOLD, INSUFFICIENT = "first-champion", "promote", "hold", "insufficient"
+CHAMPION_MOVED = "hold-champion-moved"  # the gate judged a champion that is no longer current
 
 
 @dataclass(frozen=True)
@@ -207,3 +210,33 @@ def _holdout_counts(metrics: HoldoutMetrics | None) -> dict[str, int]:
 def _short_classes(counts: dict[str, int], minimum: int) -> str:
     """``"good 0, scratch 2"``: the classes below the minimum, or ``""``."""
     return ", ".join(f"{label} {n}" for label, n in counts.items() if n < minimum)
+
+
+def recheck_champion(
+    decision: GateDecision, judged: str | None, current: str | None
+) -> GateDecision:
+    """The decision to act on once the champion is read again just before promoting.
+
+    The gate compared the candidate with champion ``judged`` (a version, ``None``: there was
+    none); ``current`` is the champion now. When another refit, an adapt-backbone run or a
+    person moved the champion in between, promoting would put in place a version no gate
+    ever compared with the champion it replaces: the decision becomes a hold naming both
+    versions. Otherwise it is returned unchanged.
+    """
+    if not decision.promote or judged == current:
+        return decision
+
+    def named(version: str | None) -> str:
+        return "none" if version is None else f"v{version}"
+
+    return replace(
+        decision,
+        promote=False,
+        decision=CHAMPION_MOVED,
+        reason=(
+            f"not promoted: the gate judged this candidate against champion {named(judged)}, "
+            f"but the champion is {named(current)} now (another refit or a manual promotion "
+            f"moved it meanwhile); run the refit again to judge it against {named(current)}. "
+            f"The gate had said: {decision.reason}"
+        ),
+    )
