@@ -241,9 +241,17 @@ def read_meta(path: Path) -> dict[str, Any]:
     if not meta_path.is_file():
         raise IncompatibleModelError(f"no semclip model at {path} (missing {MODEL_FILE})")
     try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise IncompatibleModelError(f"{meta_path} is not valid JSON: {exc}") from exc
+        meta = json.loads(meta_path.read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        # a half-written copy or bit rot: corrupt (so a cached registry copy is dropped and
+        # downloaded again), not a model of another format
+        raise CorruptModelError(
+            f"{meta_path} is not valid JSON ({type(exc).__name__}: {exc}): the file is "
+            "corrupt or cut short; copy the model directory again (a registry version is "
+            "re-downloaded by itself) or refit"
+        ) from exc
+    if not isinstance(meta, dict):
+        raise CorruptModelError(f"{meta_path} is not a JSON object: the file is corrupt")
     if meta.get("format") != FORMAT:
         raise IncompatibleModelError(
             f"{meta_path} is not a semclip model (format {meta.get('format')!r})"

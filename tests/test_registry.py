@@ -356,6 +356,27 @@ def test_corrupt_cached_copy_is_dropped_and_downloaded_again(
     assert registry.load(ref).predict([kit.synth_png("good", 1)], uris=["z"])[0].ok
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", [b'{"format": "semc', b"\x89\xff\xfe not text \x00"])
+def test_a_damaged_cached_model_json_is_dropped_and_downloaded_again(
+    kit: Kit, champion_registry: Registry, tmp_path: Path, damage: bytes
+) -> None:
+    """Before: a cut-short model.json failed every load on that machine ("not valid JSON"),
+    and non-UTF-8 bytes raised a bare UnicodeDecodeError naming no file, until someone
+    deleted the cache folder by hand."""
+    import dataclasses
+    import json
+
+    registry = dataclasses.replace(champion_registry, cache_dir=tmp_path / "cache")
+    ref = registry.resolve()
+    meta = registry.local_dir(ref) / "model.json"
+    meta.write_bytes(damage)  # a half-written copy, or bit rot, at rest in the cache
+    clear_model_cache()
+    model = registry.load(ref)
+    assert json.loads(meta.read_text())["format"] == "semclip-model"  # a fresh copy
+    assert model.predict([kit.synth_png("good", 2)], uris=["w"])[0].ok
+
+
 @pytest.fixture
 def private_registry(small_model_dir: Path, tmp_path: Path) -> Registry:
     """A registry whose artifact store belongs to this test alone (it damages it)."""
