@@ -212,3 +212,25 @@ def test_a_shard_that_runs_again_replaces_its_sum_instead_of_adding_it(
         fs, root, START, model_name="semclip-sem", model_version="1", flow_run_ids={"run-7"}
     )
     assert sums.count == 2 and sums.mean() == pytest.approx([1.5, 0.0])  # the last attempt
+
+
+def test_a_damaged_embedding_sum_is_named_and_left_out_not_fatal(
+    bucket: BucketCase, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before: record_drift raised ArrowInvalid naming no file on every re-run of the date,
+    and the night dropped out of later nights' reference window."""
+    import logging
+
+    from semclip.drift.embedding import embeddings_folder
+
+    fs, root = bucket.fs, bucket.root
+    _night(bucket, START, {"good": 3}, run="r0", embedding=np.array([1.0, 0.0]))
+    damaged = f"{embeddings_folder(root, START)}/r0-shard-00001.parquet"
+    fs.pipe_file(damaged, b"PAR1 cut short")
+    fs.invalidate_cache()
+
+    with caplog.at_level(logging.ERROR, logger="semclip.drift.embedding"):
+        record_drift(fs, root, START, window=7, threshold=0.2)
+    assert fs.unstrip_protocol(damaged) in caplog.text
+    summary = read_summary(fs, root, START)
+    assert summary is not None and summary.n_images == 3 and summary.n_embedded == 3

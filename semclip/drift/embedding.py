@@ -11,16 +11,19 @@ to the night's mean whatever the sharding.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from fsspec import AbstractFileSystem
 
 from semclip.io.bucket import find_files
 from semclip.io.staging import parquet_bytes, replace_atomically, staging_path
+from semclip.io.tables import CorruptParquetError, read_parquet_file
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "EMBEDDING_SCHEMA",
@@ -129,8 +132,11 @@ def read_embedding_sums(
     """
     total = EmbeddingSum()
     for path in find_files(fs, embeddings_folder(root, run_date)):
-        with fs.open(path, "rb") as f:
-            rows = pq.read_table(f, schema=EMBEDDING_SCHEMA).to_pylist()
+        try:
+            rows = read_parquet_file(fs, path, EMBEDDING_SCHEMA).to_pylist()
+        except CorruptParquetError as exc:  # one damaged file must not stop every re-run
+            log.error("embedding sum %s; left out of the date's drift mean", exc)
+            continue
         for row in rows:
             if (row["model_name"], row["model_version"]) != (model_name, model_version):
                 continue
