@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import socket
 
-__all__ = ["EndpointUnreachableError", "is_connection_failure"]
+__all__ = ["EndpointUnreachableError", "is_connection_failure", "is_transient"]
 
 # Exception class names (not imports: botocore, aiohttp and requests are optional here)
 # that mean "could not talk to the server", whatever library raised them.
@@ -32,6 +32,9 @@ _CONNECTION_CLASS_NAMES = frozenset(
 )
 
 _REQUESTS_NAMES = frozenset({"ConnectionError", "ConnectTimeout", "ReadTimeout"})
+
+# Errors that say "this will not get better by waiting": no retry for them.
+PERMANENT_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 
 
 class EndpointUnreachableError(ConnectionError):
@@ -67,3 +70,13 @@ def is_connection_failure(exc: BaseException) -> bool:
             return True
         current = current.__cause__ or current.__context__
     return False
+
+
+def is_transient(exc: BaseException) -> bool:
+    """An I/O or network error that may pass by waiting (the pipeline's retry rule): any
+    ``OSError`` but a missing or forbidden path (a full disk included: space is freed), or a
+    connection failure however wrapped. Bad data and bugs are not: they fail the same way
+    again, only later."""
+    if isinstance(exc, OSError) and not isinstance(exc, PERMANENT_OS_ERRORS):
+        return True
+    return is_connection_failure(exc)

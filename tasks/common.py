@@ -27,7 +27,7 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.states import State
 
 from semclip.io.bucket import Bucket, open_bucket
-from semclip.outage import is_connection_failure
+from semclip.outage import is_transient
 from semclip.settings import SemclipSettings
 
 __all__ = [
@@ -48,9 +48,6 @@ log = logging.getLogger(__name__)
 
 GPU_LIMIT = "semclip-gpu"  # Prefect global concurrency limit; created at set-up (flows/setup.py)
 DATE_LIMIT_PREFIX = "semclip-date-"  # one limit of 1 per date: one writer per partition
-
-# Errors that say "this will not get better by waiting": no retry for them.
-_PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 
 
 @dataclass(frozen=True)
@@ -81,14 +78,6 @@ def retry_on_transient(task: Task[Any, Any], task_run: TaskRun, state: State[Any
         except Exception as caught:  # noqa: BLE001 - reading the failure itself failed
             exc = caught
     return exc is not None and is_transient(exc)
-
-
-def is_transient(exc: BaseException) -> bool:
-    """An I/O or network error that may pass by waiting (the retry policy's rule): any
-    ``OSError`` but a missing or forbidden path, or a connection failure however wrapped."""
-    if isinstance(exc, OSError) and not isinstance(exc, _PERMANENT):
-        return True
-    return is_connection_failure(exc)
 
 
 IO_RETRIES: dict[str, Any] = {

@@ -212,6 +212,47 @@ def test_export_of_a_night_without_doubt_writes_nothing(bucket: BucketCase, kit:
     assert empty.index_uri is None and empty.rows == 0
 
 
+@pytest.mark.slow
+def test_a_full_disk_during_export_fails_it_whole_and_keeps_the_last_export(
+    bucket: BucketCase, kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: ENOSPC on every staged copy read as "no current row needs review", exit 0;
+    on a partial failure the rows left out also lost their earlier copies as "stale"."""
+    import errno
+
+    from faults import Fault, inject_faults
+
+    _seed_night(bucket, kit)
+    first = export_review(bucket.fs, bucket.root, DAY, rule=RULE, limit=3)
+    folder = review_folder(bucket.root, DAY)
+    bucket.fs.invalidate_cache()
+    before = sorted(bucket.fs.find(folder))
+    (full,) = inject_faults(
+        monkeypatch, bucket.fs, Fault.enospc("*_staging/review/*", nth=2, times=1000)
+    )
+    with pytest.raises(OSError) as caught:
+        export_review(bucket.fs, bucket.root, DAY, rule=RULE, limit=4)
+    assert caught.value.errno == errno.ENOSPC and full.fired
+    bucket.fs.invalidate_cache()
+    assert sorted(bucket.fs.find(folder)) == before  # the last export, whole
+    with bucket.fs.open(f"{folder}/index.csv", "rb") as f:
+        assert len(pd.read_csv(f)) == first.rows
+
+
+@pytest.mark.slow
+def test_an_image_gone_since_the_night_is_named_and_the_cli_says_so(
+    bucket: BucketCase, kit: Kit
+) -> None:
+    """A file deleted from raw/ since it was predicted is bad input, not an outage: that row
+    is skipped and named, the others exported."""
+    uris = _seed_night(bucket, kit)
+    bucket.fs.rm(uris[1])
+    bucket.fs.invalidate_cache()
+    result = export_review(bucket.fs, bucket.root, DAY, rule=RULE, limit=4)
+    assert result.rows == 3 and len(result.problems) == 1
+    assert uris[1] in result.problems[0] and "cannot fetch" in result.problems[0]
+
+
 # --------------------------------------------------------------------------- import
 
 
@@ -324,6 +365,13 @@ def test_review_commands_export_then_import(
     assert "2026-01-05: no predictions for this date" in capsys.readouterr().out
     assert main(["report", "--date", "2026-01-05"]) == 0
     assert "WARNING: no current rows in 2026-01-05..2026-01-05" in capsys.readouterr().out
+    # an image gone from raw/ since the night: exported without it, named, exit 1
+    gone = next(u for u in index["image"] if isinstance(u, str))
+    fs.rm(fs._strip_protocol(gone))
+    assert main(["review", "export", "--date", DAY.isoformat(), "--limit", "4"]) == 1
+    out = capsys.readouterr().out
+    assert "3 of 4 rows needing review exported" in out
+    assert f"skipped {gone}: cannot fetch" in out
 
 
 def test_report_sql_and_review_export_give_each_row_the_same_first_reason() -> None:

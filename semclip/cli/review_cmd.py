@@ -100,7 +100,15 @@ def run_export(args: argparse.Namespace) -> int:
                 "(no nightly run of it, or a mistyped date?): nothing to review"
             )
             return 0
-        print(f"{run_date}: no current row needs review ({len(result.problems)} skipped)")
+        if result.problems:  # rows needed review and none could be exported
+            print(
+                f"{run_date}: {result.candidates} row(s) need review but none could be exported:",
+                file=sys.stderr,
+            )
+            for problem in result.problems:
+                print(f"  skipped {problem}", file=sys.stderr)
+            return 1
+        print(f"{run_date}: no current row needs review")
         return 0
     reasons = ", ".join(f"{k} {v}" for k, v in result.by_reason.items())
     classes = ", ".join(f"{k} {v}" for k, v in result.by_class.items())
@@ -110,7 +118,7 @@ def run_export(args: argparse.Namespace) -> int:
     )
     for problem in result.problems:
         print(f"  skipped {problem}")
-    return 0
+    return 1 if result.problems else 0  # a row left out of the queue needs someone's look
 
 
 def run_import(args: argparse.Namespace) -> int:

@@ -42,6 +42,7 @@ from semclip.io.staging import (
     replace_bytes_atomically,
     staging_path,
 )
+from semclip.outage import is_transient
 from semclip.review.overlay import decode_row_mask, overlay_png
 from semclip.review.reasons import (
     ReviewRule,
@@ -126,6 +127,11 @@ def export_review(
         try:
             records.append(_export_one(fs, root, folder, run_date, rank, row, reasons, data))
         except (ImageReadError, OSError, ValueError) as exc:
+            if is_transient(exc):
+                # a full disk or an outage is no fault of this row: the export fails whole
+                # (the previous index and its files stay), rather than dropping rows from
+                # the review queue and deleting their earlier copies as stale
+                raise
             problems.append(f"{cand.key}: {exc}")
             log.warning("review export %s: %s skipped: %s", run_date, cand.key, exc)
     if not records:
@@ -170,7 +176,9 @@ def _export_one(
     uri = row["image_uri"]
     value = data[uri]
     if isinstance(value, Exception):
-        raise OSError(f"cannot fetch the image: {value}")
+        if is_transient(value):
+            raise value
+        raise FileNotFoundError(f"cannot fetch the image: {value}")
     image = read_image(value, name=uri)
     mask = decode_row_mask(row.get("mask_rle"), *image.pixels.shape)
     top = top_classes(row["probabilities"], 3)
